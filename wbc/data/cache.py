@@ -1,0 +1,141 @@
+"""Decode every image once per image size into a memory-mapped uint8 array on disk.
+
+Epochs then read pixels straight from the page cache instead of decoding JPEGs. The cache
+file is named by a fingerprint of the file list (paths, sizes, modification times) and the
+image size, so any change to the files makes a new cache; files are written to a temporary
+name and renamed, so an interrupted build never leaves a partial cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from wbc.data.images import ImageDecodeError, decode_image_array
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+"""Bump when :func:`decode_image_array` changes its output, to invalidate old caches."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WBC_CACHE_DIR") or Path.home() / ".cache" / "wbc")
+
+
+def fingerprint_files(paths: Sequence[str]) -> str:
+    """A short hash of the file list: relative order, names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """Images decoded at one size: ``pixels[i]`` is a ``(3, S, S)`` uint8 array."""
+
+    pixels: np.ndarray
+    kept: np.ndarray
+    """Indices into the input path list of the images that decoded (all of them unless skipping)."""
+    bad_files: tuple[str, ...]
+
+
+def _decode_one(job: tuple[str, int]) -> np.ndarray | str:
+    path, size = job
+    try:
+        return decode_image_array(path, size).transpose(2, 0, 1)
+    except ImageDecodeError as error:
+        return str(error)
+
+
+def _atomic_write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
+    temporary.write_text(json.dumps(payload))
+    os.replace(temporary, path)
+
+
+def decode_cached(
+    paths: Sequence[str],
+    size: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    skip_bad_images: bool = False,
+    description: str = "decoding",
+) -> DecodedImages:
+    """Return the images in ``paths`` decoded to ``size``, from the cache or decoding them now.
+
+    A file that is not a readable image raises :class:`ImageDecodeError` naming it, unless
+    ``skip_bad_images`` is set: then it is left out, and a warning gives the count.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = f"v{CACHE_FORMAT_VERSION}-{fingerprint_files(paths)}-{size}px"
+    array_path = cache_dir / f"{key}.npy"
+    index_path = cache_dir / f"{key}.json"
+    if array_path.exists() and index_path.exists():
+        index = json.loads(index_path.read_text())
+        if index["bad_files"] and not skip_bad_images:
+            raise ImageDecodeError(index["errors"][0])
+        pixels = np.load(array_path, mmap_mode="r")
+        log.info("using decoded-image cache %s", array_path)
+        return _finish(pixels, np.asarray(index["kept"], dtype=np.int64), index["bad_files"], index["errors"])
+
+    temporary = array_path.with_name(array_path.name + f".tmp{os.getpid()}.npy")
+    pixels = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+    kept: list[int] = []
+    bad_files: list[str] = []
+    errors: list[str] = []
+    workers = workers or min(os.cpu_count() or 1, 8)
+    jobs = [(str(path), size) for path in paths]
+    try:
+        context = multiprocessing.get_context("fork" if os.name == "posix" else None)
+        with context.Pool(workers) as pool:
+            results = pool.imap(_decode_one, jobs, chunksize=32)
+            for index, result in enumerate(tqdm(results, total=len(jobs), desc=f"{description} ({size}px)", unit="img")):
+                if isinstance(result, str):
+                    if not skip_bad_images:
+                        raise ImageDecodeError(result)
+                    bad_files.append(jobs[index][0])
+                    errors.append(result)
+                    continue
+                pixels[len(kept)] = result
+                kept.append(index)
+        pixels.flush()
+        del pixels
+        if bad_files:
+            _compact(temporary, len(kept))
+        os.replace(temporary, array_path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    _atomic_write_json(index_path, {"kept": kept, "bad_files": bad_files, "errors": errors, "size": size})
+    return _finish(np.load(array_path, mmap_mode="r"), np.asarray(kept, dtype=np.int64), bad_files, errors)
+
+
+def _compact(npy_path: Path, count: int) -> None:
+    """Drop the unused tail rows left by skipped images."""
+    full = np.load(npy_path, mmap_mode="r")
+    trimmed = np.ascontiguousarray(full[:count])
+    del full
+    np.save(npy_path, trimmed)
+
+
+def _finish(pixels: np.ndarray, kept: np.ndarray, bad_files: list[str], errors: list[str]) -> DecodedImages:
+    if bad_files:
+        warnings.warn(
+            f"skipped {len(bad_files)} unreadable image file(s), first: {errors[0]}", stacklevel=3
+        )
+    return DecodedImages(pixels=pixels, kept=kept, bad_files=tuple(bad_files))

@@ -1,0 +1,103 @@
+"""`BarcelonaDataset`: the PBC images as an ImageFolder with a fixed class order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.utils import download_and_extract_archive, verify_str_arg
+
+from wbc.classes import CLASS_NAMES, CLASS_TO_IDX
+from wbc.data.images import decode_image_array
+
+ARCHIVE_URL = "https://cloud.minesparis.psl.eu/index.php/s/Rv8LxYm5rqTKOgS/download"
+ARCHIVE_FILENAME = "barcelona.zip"
+ARCHIVE_MD5 = "aad6827e0000988c5e3d72ace95da661"
+SPLITS = ("train", "valid", "test")
+
+
+class DatasetError(ValueError):
+    """The data on disk is not what the dataset expects; the message names the path."""
+
+
+def load_pil_rgb(path: str):
+    """ImageFolder loader: any image mode converted to RGB at full resolution."""
+    from PIL import Image
+
+    return Image.fromarray(decode_image_array(path, None))
+
+
+class BarcelonaDataset(ImageFolder):
+    """Images under ``<root>/barcelona/<split>/<class>/*``, classes in :data:`CLASS_NAMES` order.
+
+    Args:
+        root: the folder that holds ``barcelona/`` (for the shipped data: ``../shared/data``).
+        split: ``train``, ``valid`` or ``test``.
+        transform: applied to the PIL image (RGB) returned for each sample.
+        download: fetch the public archive, check its md5 and extract it under ``root``
+            if the split is not there yet.
+
+    A class folder may be missing (its index stays the same); a folder that is not one of the
+    eight classes, or a split with no images, is an error.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable | None = None,
+        download: bool = False,
+    ) -> None:
+        self.data_root = Path(root).expanduser()
+        self.split = verify_str_arg(split, "split", SPLITS)
+        if download:
+            self.download()
+        split_dir = self.split_dir
+        if not self.data_root.is_dir():
+            raise DatasetError(
+                f"data root {self.data_root} does not exist: point data_dir at the folder that holds "
+                "barcelona/, or pass download=True"
+            )
+        if not split_dir.is_dir():
+            raise DatasetError(
+                f"split folder {split_dir} does not exist: expected <data_dir>/barcelona/{split}/<class>/*.jpg "
+                "(or pass download=True)"
+            )
+        super().__init__(str(split_dir), transform=transform, loader=load_pil_rgb, allow_empty=True)
+        if not self.samples:
+            raise DatasetError(f"split folder {split_dir} holds no images in its class folders")
+
+    @property
+    def split_dir(self) -> Path:
+        return self.data_root / "barcelona" / self.split
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        unknown = sorted(
+            entry.name
+            for entry in os.scandir(directory)
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in CLASS_TO_IDX
+        )
+        if unknown:
+            raise DatasetError(
+                f"{os.path.join(directory, unknown[0])}: folder is not one of the eight classes "
+                f"({', '.join(CLASS_NAMES)}); rename or remove it"
+            )
+        return list(CLASS_NAMES), dict(CLASS_TO_IDX)
+
+    def _check_exists(self) -> bool:
+        return self.split_dir.is_dir()
+
+    def download(self) -> None:
+        """Download ``barcelona.zip``, verify its md5 and extract it, unless the split is present."""
+        if self._check_exists():
+            return
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(
+            ARCHIVE_URL, download_root=str(self.data_root), filename=ARCHIVE_FILENAME, md5=ARCHIVE_MD5
+        )
+        if not self._check_exists():
+            raise DatasetError(
+                f"{self.data_root / ARCHIVE_FILENAME} extracted, but {self.split_dir} is still missing"
+            )
