@@ -102,9 +102,9 @@ def decode_image_array(source: ImageSource, size: int | None, *, name: str | Non
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"{label}: corrupt or truncated image ({error})") from None
     if size is None:
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.array(rgb, dtype=np.uint8)
     square = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BILINEAR)
-    return np.asarray(square, dtype=np.uint8)
+    return np.array(square, dtype=np.uint8)
 
 
 def decode_image(source: ImageSource, size: int, *, name: str | None = None):

@@ -1,0 +1,36 @@
+"""``wbc evaluate``: score a trained model on one split, write the reports, log them to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+
+from wbc.data import load_split
+from wbc.evaluate import Evaluation
+from wbc.inference import Predictor
+from wbc.tracking import configure_tracking, run_tags
+
+
+def evaluate_model(
+    model: str,
+    data_dir: str,
+    split: str = "valid",
+    *,
+    output_dir: str | Path = "evaluation",
+    batch_size: int = 64,
+    track: bool = True,
+    experiment: str = "wbc",
+) -> tuple[Evaluation, list[Path]]:
+    predictor = Predictor.load(model, batch_size=batch_size)
+    dataset = load_split(data_dir, split, predictor.image_size)
+    probabilities = predictor.predict_pixels(dataset.pixels)
+    evaluation = Evaluation.from_predictions(dataset.targets, probabilities.argmax(axis=1))
+    files = evaluation.write(output_dir)
+    if track:
+        configure_tracking(experiment)
+        with mlflow.start_run(tags=run_tags(**{"wbc.kind": "evaluate"})):
+            mlflow.log_params({"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset)})
+            mlflow.log_metrics({f"{split}_acc": evaluation.accuracy, f"{split}_f1": evaluation.macro_f1})
+            mlflow.log_artifacts(str(output_dir))
+    return evaluation, files

@@ -1,0 +1,171 @@
+"""Load a trained model from a checkpoint or an exported folder, and score images with it.
+
+Every consumer of a trained model (``wbc evaluate``, ``wbc predict``, the served MLflow model)
+goes through :class:`Predictor`, so they preprocess and score identically.
+
+An exported model is a folder with ``weights.pt`` (a plain state dict) and ``model.json``
+(architecture, image size, class names). Both formats load with ``torch.load(weights_only=True)``:
+no pickled objects are ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from wbc.classes import CLASS_NAMES
+from wbc.data.images import ImageDecodeError, ImageSource, decode_image
+from wbc.models import Classifier, build_model
+
+EXPORT_WEIGHTS = "weights.pt"
+EXPORT_CONFIG = "model.json"
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+def export_model(model: Classifier, image_size: int, directory: str | os.PathLike) -> Path:
+    """Write ``model`` as ``weights.pt`` + ``model.json`` in ``directory``; return the folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    temporary = directory / (EXPORT_WEIGHTS + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, directory / EXPORT_WEIGHTS)
+    config = {"arch": model.arch, "image_size": image_size, "classes": list(CLASS_NAMES), "format": 1}
+    (directory / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def _from_state(arch: str, state: dict, source: Path) -> Classifier:
+    model = build_model(arch, num_classes=len(CLASS_NAMES), pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelLoadError(f"{source}: weights do not fit architecture {arch!r} ({str(error).splitlines()[0]})") from None
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike) -> tuple[Classifier, int]:
+    """Load a Lightning checkpoint (``.ckpt``) or an exported folder; return (model in eval mode, image size)."""
+    path = Path(path)
+    if path.is_dir():
+        config_path = path / EXPORT_CONFIG
+        if not config_path.exists():
+            raise ModelLoadError(f"{path}: not an exported wbc model (no {EXPORT_CONFIG})")
+        config = json.loads(config_path.read_text())
+        if list(config.get("classes", [])) != list(CLASS_NAMES):
+            raise ModelLoadError(f"{config_path}: classes {config.get('classes')} differ from {list(CLASS_NAMES)}")
+        state = torch.load(path / EXPORT_WEIGHTS, map_location="cpu", weights_only=True)
+        return _from_state(config["arch"], state, path), int(config["image_size"])
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such checkpoint file or exported model folder")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        hparams = checkpoint["hyper_parameters"]
+        prefix = "model."
+        state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line message
+        raise ModelLoadError(f"{path}: not a readable wbc checkpoint ({type(error).__name__}: {error})") from None
+    return _from_state(hparams["arch"], state, path), int(hparams["image_size"])
+
+
+@dataclass
+class Prediction:
+    name: str
+    probabilities: np.ndarray | None
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return None if self.probabilities is None else CLASS_NAMES[int(self.probabilities.argmax())]
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.probabilities is None else float(self.probabilities.max())
+
+
+class Predictor:
+    """Scores images with a :class:`Classifier` at its image size, in batches, in inference mode."""
+
+    def __init__(self, model: Classifier, image_size: int, batch_size: int = 64) -> None:
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.image_size = image_size
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, batch_size: int = 64) -> "Predictor":
+        """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI."""
+        model, image_size = load_model(resolve_model(str(path)))
+        return cls(model, image_size, batch_size)
+
+    @torch.inference_mode()
+    def predict_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 8) for decoded uint8 images (N, 3, S, S)."""
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.from_numpy(np.array(images[start : start + self.batch_size]))
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            outputs.append(torch.softmax(self.model(batch).float(), dim=1))
+        if not outputs:
+            return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
+        return torch.cat(outputs).numpy()
+
+    def predict_sources(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
+        """Decode and score each source; unreadable ones come back with ``error`` set, the rest are scored."""
+        names = list(names) if names is not None else [str(s) if not isinstance(s, bytes) else f"#{i}" for i, s in enumerate(sources)]
+        decoded, predictions = [], []
+        for source, name in zip(sources, names):
+            try:
+                decoded.append(decode_image(source, self.image_size, name=name))
+                predictions.append(Prediction(name, None))
+            except ImageDecodeError as error:
+                predictions.append(Prediction(name, None, str(error)))
+        good = [p for p in predictions if p.error is None]
+        if good:
+            probabilities = self.predict_pixels(torch.stack(decoded))
+            for prediction, row in zip(good, probabilities):
+                prediction.probabilities = row
+        return predictions
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named directly, plus every file under named folders (sorted); missing paths raise."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def resolve_model(model: str) -> Path:
+    """A local checkpoint/export path as is; an MLflow URI (``runs:/``, ``models:/``, ``m-...``) downloaded.
+
+    Logged pyfunc models keep the exported weights in their ``artifacts/model`` folder.
+    """
+    local = Path(model)
+    if local.exists() or "://" not in model and ":/" not in model:
+        return _exported_inside(local) if local.is_dir() else local
+    import mlflow
+
+    try:
+        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
+        raise ModelLoadError(f"{model}: cannot load this model URI ({str(error).splitlines()[0]})") from None
+    return _exported_inside(downloaded)
+
+
+def _exported_inside(directory: Path) -> Path:
+    nested = directory / "artifacts" / "model"
+    return nested if (nested / EXPORT_CONFIG).exists() else directory

@@ -1,0 +1,25 @@
+"""Model registry and builders: ``build_model(arch, num_classes=8, pretrained=...)``."""
+
+from wbc.models import efficientnet_lite, scratch, torchvision_nets  # noqa: F401  (registers the builders)
+from wbc.models.classifier import MODES, UNFREEZE_CHOICES, Classifier, count_parameters
+from wbc.models.registry import (
+    ModelSpec,
+    PretrainedWeightsUnavailable,
+    UnknownModelError,
+    build_model,
+    get_spec,
+    list_models,
+)
+
+__all__ = [
+    "MODES",
+    "UNFREEZE_CHOICES",
+    "Classifier",
+    "ModelSpec",
+    "PretrainedWeightsUnavailable",
+    "UnknownModelError",
+    "build_model",
+    "count_parameters",
+    "get_spec",
+    "list_models",
+]

@@ -1,0 +1,93 @@
+"""`Classifier`: a network plus its input normalisation, with the freezing that training modes need.
+
+Input is a batch of uint8 RGB images (N, 3, S, S) or floats in [0, 1]; the mean/std buffers
+come from the architecture's record and are saved in the state dict with the weights.
+
+Batch norm in frozen parts stays in eval mode: it normalises with the pretrained running
+statistics and never updates them, even while the rest of the network is in train mode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wbc.models.registry import ModelSpec
+
+MODES = ("scratch", "transfer", "finetune")
+UNFREEZE_CHOICES = ("last", "all")
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether the parameter or module ``name`` lies inside one of the modules ``prefixes``."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+class Classifier(nn.Module):
+    def __init__(self, network: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.net = network
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+        self._frozen_norms: list[nn.Module] = []
+
+    @property
+    def arch(self) -> str:
+        return self.spec.name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return self.net((images - self.mean) / self.std)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for norm in self._frozen_norms:
+            norm.eval()
+        return self
+
+    def set_trainable(self, mode: str, phase: int = 1, unfreeze: str = "last") -> None:
+        """Choose which parameters train.
+
+        - ``scratch``: all of them.
+        - ``transfer``: only the head.
+        - ``finetune``: phase 1 as ``transfer``; phase 2 adds the last block (``unfreeze="last"``)
+          or the whole network (``unfreeze="all"``).
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        if unfreeze not in UNFREEZE_CHOICES:
+            raise ValueError(f"unknown unfreeze {unfreeze!r}: choose one of {', '.join(UNFREEZE_CHOICES)}")
+        if mode == "scratch" or (mode == "finetune" and phase >= 2 and unfreeze == "all"):
+            trainable_prefixes: tuple[str, ...] | None = None
+        elif mode == "finetune" and phase >= 2:
+            trainable_prefixes = self.spec.head + self.spec.last_block
+        else:
+            trainable_prefixes = self.spec.head
+
+        def trains(name: str) -> bool:
+            return trainable_prefixes is None or _under(name, trainable_prefixes)
+
+        for name, parameter in self.net.named_parameters():
+            parameter.requires_grad_(trains(name))
+        self._frozen_norms = [
+            module
+            for name, module in self.net.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not trains(name)
+        ]
+        self.train(self.training)
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(head parameters, all other parameters), for separate learning rates."""
+        head, body = [], []
+        for name, parameter in self.net.named_parameters():
+            (head if _under(name, self.spec.head) else body).append(parameter)
+        return head, body
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

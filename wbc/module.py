@@ -1,0 +1,139 @@
+"""`WBCClassifierModule`: the LightningModule that trains a :class:`wbc.models.Classifier`.
+
+AdamW with a linear warm-up and cosine decay, optional label smoothing, torchmetrics accuracy
+and macro-F1 for train/val/test. Training modes (:meth:`Classifier.set_trainable`):
+``scratch`` trains everything; ``transfer`` trains the head on a frozen backbone;
+``finetune`` does the same for ``head_epochs`` epochs, then unfreezes the last block (or
+everything) and trains it at ``lr * backbone_lr_scale`` with its own warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from wbc.classes import NUM_CLASSES
+from wbc.models import build_model, count_parameters
+
+
+def warmup_cosine(start_step: int, warmup_steps: int, total_steps: int):
+    """LR factor: 0 before ``start_step``, linear warm-up, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        step -= start_step
+        if step < 0:
+            return 0.0
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - start_step - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class WBCClassifierModule(pl.LightningModule):
+    def __init__(
+        self,
+        arch: str = "efficientnet_lite0",
+        mode: str = "finetune",
+        lr: float = 1e-3,
+        weight_decay: float = 0.02,
+        label_smoothing: float = 0.1,
+        warmup_steps: int = 100,
+        head_epochs: int = 1,
+        unfreeze: str = "all",
+        backbone_lr_scale: float = 1.0,
+        pretrained: bool | None = None,
+        image_size: int = 128,
+        channels_last: bool = True,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        use_pretrained = mode != "scratch" if pretrained is None else pretrained
+        self.model = build_model(arch, num_classes=num_classes, pretrained=use_pretrained)
+        self.model.set_trainable(mode, phase=self._phase(0), unfreeze=unfreeze)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train_")
+        self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
+
+    @property
+    def two_phase(self) -> bool:
+        return self.hparams.mode == "finetune" and self.hparams.head_epochs > 0
+
+    def _phase(self, epoch: int) -> int:
+        return 2 if self.hparams.mode == "finetune" and epoch >= self.hparams.head_epochs else 1
+
+    def final_trainable_params(self) -> int:
+        """Parameters that train in the last phase (for finetune: after unfreezing)."""
+        hparams = self.hparams
+        self.model.set_trainable(hparams.mode, phase=self._phase(10**9), unfreeze=hparams.unfreeze)
+        trainable, _ = count_parameters(self.model)
+        self.model.set_trainable(hparams.mode, phase=self._phase(self.current_epoch), unfreeze=hparams.unfreeze)
+        return trainable
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def on_train_epoch_start(self) -> None:
+        hparams = self.hparams
+        self.model.set_trainable(hparams.mode, phase=self._phase(self.current_epoch), unfreeze=hparams.unfreeze)
+
+    def training_step(self, batch, batch_index):
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        self.train_metrics.update(logits.detach(), targets)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluation_step(self, batch, metrics: MetricCollection, prefix: str) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.log(f"{prefix}_loss", self.criterion(logits, targets), on_epoch=True, prog_bar=True, sync_dist=True)
+        metrics.update(logits, targets)
+        self.log_dict(metrics, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_index):
+        self._evaluation_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_index):
+        self._evaluation_step(batch, self.test_metrics, "test")
+
+    def configure_optimizers(self):
+        hparams = self.hparams
+        head, body = self.model.parameter_groups()
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        body_start = steps_per_epoch * hparams.head_epochs if self.two_phase else 0
+        body_lr = hparams.lr * (hparams.backbone_lr_scale if hparams.mode == "finetune" else 1.0)
+        groups = [
+            {"params": head, "lr": hparams.lr, "weight_decay": hparams.weight_decay},
+            {"params": body, "lr": body_lr, "weight_decay": hparams.weight_decay},
+        ]
+        # lr/weight_decay defaults repeat the head group's, which MLflow autolog records as params
+        optimizer = torch.optim.AdamW(groups, lr=hparams.lr, weight_decay=hparams.weight_decay)
+        warmup = min(hparams.warmup_steps, max(1, total_steps // 5))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            [warmup_cosine(0, warmup, total_steps), warmup_cosine(body_start, warmup, total_steps)],
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,33 @@
+"""``wbc predict``: classify image files and count cells per class (the differential count)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from wbc.classes import CLASS_NAMES
+from wbc.inference import Predictor, iter_image_files
+from wbc.serving import predictions_frame
+
+
+def predict_files(paths, model: str, batch_size: int = 64) -> pd.DataFrame:
+    """One row per file: ``file``, ``label``, ``confidence``, ``prob_<class>``..., ``error``."""
+    predictor = Predictor.load(model, batch_size=batch_size)
+    files = iter_image_files(paths)
+    frames = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        predictions = predictor.predict_sources(chunk, [str(path) for path in chunk])
+        frames.append(predictions_frame(predictions).assign(file=[str(path) for path in chunk]))
+    table = pd.concat(frames, ignore_index=True) if frames else predictions_frame([])
+    if "file" not in table:
+        table["file"] = []
+    return table[["file", *[c for c in table.columns if c != "file"]]]
+
+
+def differential_count(table: pd.DataFrame) -> pd.DataFrame:
+    """Cells and percent per class among the files that could be classified."""
+    labels = table.loc[table["error"] == "", "label"]
+    counts = labels.value_counts().reindex(CLASS_NAMES, fill_value=0)
+    total = int(counts.sum())
+    percent = (100.0 * counts / total).round(1) if total else counts * 0.0
+    return pd.DataFrame({"class": CLASS_NAMES, "cells": counts.to_numpy(), "percent": percent.to_numpy()})

@@ -1,0 +1,37 @@
+"""Process set-up that must happen before the heavy work starts.
+
+glibc's default malloc returns PyTorch's large per-batch buffers to the OS after every step;
+on small VMs the page faults that follow cost more than half the CPU throughput. These
+settings keep freed memory in the process. glibc reads them only at start-up, so
+:func:`tune_malloc_and_reexec` restarts the current command once with them set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+MALLOC_SETTINGS = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "100000000000",
+    "MALLOC_TOP_PAD_": "1000000000",
+}
+_OPT_OUT = "WBC_NO_MALLOC_TUNING"
+
+
+def malloc_tuned() -> bool:
+    return all(os.environ.get(name) == value for name, value in MALLOC_SETTINGS.items())
+
+
+def tune_malloc_and_reexec() -> None:
+    """Restart this Python process with :data:`MALLOC_SETTINGS` in its environment (Linux, once).
+
+    Set ``WBC_NO_MALLOC_TUNING=1`` to skip it (for example under a debugger).
+    """
+    if malloc_tuned() or os.environ.get(_OPT_OUT) or not sys.platform.startswith("linux"):
+        return
+    environment = {**os.environ, **MALLOC_SETTINGS}
+    argv = sys.orig_argv if hasattr(sys, "orig_argv") else [sys.executable, *sys.argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, environment)

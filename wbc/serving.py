@@ -1,0 +1,117 @@
+"""The servable model: an MLflow pyfunc that takes base64-encoded image files and returns class scores.
+
+Input: a DataFrame with a string column ``image``, each cell the base64 encoding of a JPEG or
+PNG file (any size). Output, one row per input row (same index): ``label`` (class name),
+``confidence`` (its probability), ``prob_<class>`` for each of the eight classes, and ``error``
+(empty, or why that row could not be scored; its label is then empty). A request in which no
+row can be scored is refused with HTTP 400 and the reason.
+
+Preprocessing is :class:`wbc.inference.Predictor`'s, the same as ``wbc evaluate`` and ``wbc predict``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+
+from wbc.classes import CLASS_NAMES
+from wbc.data.images import MAX_IMAGE_BYTES
+from wbc.inference import Prediction, Predictor
+
+IMAGE_COLUMN = "image"
+PROBABILITY_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
+OUTPUT_COLUMNS = ["label", "confidence", *PROBABILITY_COLUMNS, "error"]
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+    outputs=Schema(
+        [ColSpec("string", "label"), ColSpec("double", "confidence")]
+        + [ColSpec("double", column) for column in PROBABILITY_COLUMNS]
+        + [ColSpec("string", "error", required=False)]
+    ),
+)
+_RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "pillow", "numpy", "pandas", "mlflow")
+
+
+def predictions_frame(predictions: list[Prediction], index=None) -> pd.DataFrame:
+    """One row per prediction with :data:`OUTPUT_COLUMNS` (used by the served model and ``wbc predict``)."""
+    rows = []
+    for prediction in predictions:
+        probabilities = prediction.probabilities if prediction.probabilities is not None else [np.nan] * len(CLASS_NAMES)
+        rows.append(
+            [prediction.label, prediction.confidence, *map(float, probabilities), prediction.error or ""]
+        )
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS, index=index)
+
+
+def _decode_base64(value, row: str) -> bytes | str:
+    """The file bytes, or an error message."""
+    if not isinstance(value, str) or not value:
+        return f"{row}: 'image' must be a non-empty base64 string"
+    if len(value) > (MAX_IMAGE_BYTES * 4) // 3 + 4:
+        return f"{row}: image is larger than the {MAX_IMAGE_BYTES}-byte limit"
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return f"{row}: 'image' is not valid base64"
+
+
+class WBCImageClassifier(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper around :class:`Predictor`; the weights come from the ``model`` artifact folder."""
+
+    def load_context(self, context) -> None:
+        self.predictor = Predictor.load(context.artifacts["model"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
+            raise MlflowException(
+                f"input must be a table with a string column '{IMAGE_COLUMN}' of base64-encoded image files",
+                INVALID_PARAMETER_VALUE,
+            )
+        names = [f"row {position}" for position in range(len(model_input))]
+        decoded = [_decode_base64(value, name) for value, name in zip(model_input[IMAGE_COLUMN], names)]
+        sources = [item for item in decoded if isinstance(item, bytes)]
+        source_names = [name for item, name in zip(decoded, names) if isinstance(item, bytes)]
+        scored = iter(self.predictor.predict_sources(sources, source_names))
+        predictions = [
+            next(scored) if isinstance(item, bytes) else Prediction(name, None, item)
+            for item, name in zip(decoded, names)
+        ]
+        if predictions and all(p.error for p in predictions):
+            raise MlflowException("; ".join(p.error for p in predictions[:5]), INVALID_PARAMETER_VALUE)
+        return predictions_frame(predictions, index=model_input.index)
+
+
+def encode_image_file(path: str | Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def pip_requirements() -> list[str]:
+    requirements = []
+    for package in _RUNTIME_PACKAGES:
+        try:
+            requirements.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            requirements.append(package)
+    return requirements
+
+
+def log_pyfunc_model(export_dir: str | Path, example_image: str | Path, name: str = "model"):
+    """Log the exported model folder as a pyfunc model in the active run; return its ModelInfo."""
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        artifacts={"model": str(export_dir)},
+        signature=SIGNATURE,
+        input_example=pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]}),
+        pip_requirements=pip_requirements(),
+    )

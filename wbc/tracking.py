@@ -1,0 +1,70 @@
+"""MLflow set-up shared by every command: the tracking store, the experiment, run tags and plots."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+
+DEFAULT_EXPERIMENT = "wbc"
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<cwd>/mlflow.db``: runs and the model registry in one local file."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def configure_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at ``$MLFLOW_TRACKING_URI`` or the local SQLite default, and select ``experiment``.
+
+    Under ``mlflow run`` the run (and its experiment) already exist, so the experiment is
+    only chosen when no run was handed to us.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+    return uri
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_tags(**extra: str) -> dict[str, str]:
+    tags = dict(extra)
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+        tags.setdefault("mlflow.source.git.commit", commit)
+    return tags
+
+
+def training_curves_figure(run_id: str):
+    """Loss and validation accuracy / macro-F1 per epoch, from the run's metric history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    client = mlflow.MlflowClient()
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, names in ((loss_axis, ("train_loss", "val_loss")), (score_axis, ("train_acc", "val_acc", "val_f1"))):
+        for name in names:
+            history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+            if history:
+                axis.plot([m.step + 1 for m in history], [m.value for m in history], marker="o", label=name)
+        axis.set_xlabel("epoch")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    loss_axis.set_title("loss")
+    score_axis.set_title("accuracy / macro-F1")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,237 @@
+"""`train(config)`: one training run, tracked in MLflow, from data to a logged, servable model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from wbc.data import BarcelonaDataModule
+from wbc.evaluate import Evaluation
+from wbc.inference import Predictor, export_model, load_model
+from wbc.models import MODES, UNFREEZE_CHOICES, count_parameters, get_spec
+from wbc.module import WBCClassifierModule
+from wbc.tracking import DEFAULT_EXPERIMENT, configure_tracking, run_tags, training_curves_figure
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LR = {"scratch": 3e-3, "transfer": 3e-3, "finetune": 1e-3}
+
+
+class ConfigError(ValueError):
+    """A training setting is out of range; the message names the setting."""
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = "data"
+    arch: str = "efficientnet_lite0"
+    mode: str = "finetune"
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float | None = None
+    """Peak learning rate; default by mode (:data:`DEFAULT_LR`)."""
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    warmup_steps: int = 100
+    image_size: int | None = None
+    """Square input size in pixels; default: the architecture's own."""
+    head_epochs: int = 1
+    unfreeze: str = "all"
+    backbone_lr_scale: float = 0.5
+    pretrained: bool | None = None
+    """Default: pretrained for transfer and finetune, random init for scratch."""
+    seed: int = 0
+    max_time: float | None = None
+    """Stop training after this many minutes (the best checkpoint so far is kept)."""
+    limit_per_class: int = 0
+    num_workers: int = 0
+    cache_dir: str | None = None
+    skip_bad_images: bool = False
+    output_dir: str = "outputs"
+    experiment: str = DEFAULT_EXPERIMENT
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    progress: bool = True
+    extra_tags: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        get_spec(self.arch)
+        checks = [
+            ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
+            ("unfreeze", self.unfreeze in UNFREEZE_CHOICES, f"one of {', '.join(UNFREEZE_CHOICES)}"),
+            ("epochs", 1 <= self.epochs <= 1000, "an integer from 1 to 1000"),
+            ("batch_size", 1 <= self.batch_size <= 4096, "an integer from 1 to 4096"),
+            ("lr", self.lr is None or 0 < self.lr <= 10, "a number in (0, 10]"),
+            ("weight_decay", 0 <= self.weight_decay <= 10, "a number in [0, 10]"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+            ("image_size", self.image_size is None or 16 <= self.image_size <= 1024, "an integer from 16 to 1024"),
+            ("head_epochs", 0 <= self.head_epochs < self.epochs or self.mode != "finetune", "from 0 to epochs - 1"),
+            ("max_time", self.max_time is None or self.max_time > 0, "a positive number of minutes"),
+            ("limit_per_class", self.limit_per_class >= 0, "0 (all) or a positive integer"),
+            ("num_workers", self.num_workers >= 0, "0 or a positive integer"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
+        if not Path(self.data_dir).is_dir():
+            raise ConfigError(f"data_dir={self.data_dir!r} is not a folder: point it at the folder that holds barcelona/")
+        return self
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
+
+    @property
+    def resolved_image_size(self) -> int:
+        return self.image_size or get_spec(self.arch).image_size
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    best_checkpoint: str
+    best_val_acc: float
+    best_val_f1: float
+    train_minutes: float
+    evaluation: Evaluation
+
+
+def is_global_zero() -> bool:
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
+def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best-epoch{epoch:02d}-f1{val_f1:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val_f1",
+        mode="max",
+        save_last=True,
+    )
+    callbacks: list[pl.Callback] = [checkpoint]
+    if config.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    trainer = pl.Trainer(
+        max_epochs=config.epochs,
+        max_time={"minutes": config.max_time} if config.max_time else None,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        default_root_dir=str(checkpoint_dir.parent),
+    )
+    return trainer, checkpoint
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one model as configured, tracked as one MLflow run; return where its best checkpoint is."""
+    config.validate()
+    image_size = config.resolved_image_size
+    lr = config.resolved_lr
+    configure_tracking(config.experiment)
+    if is_global_zero():
+        mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    with mlflow.start_run(tags=run_tags(**config.extra_tags)) as run:
+        started = time.perf_counter()
+        datamodule = BarcelonaDataModule(
+            config.data_dir,
+            image_size=image_size,
+            batch_size=config.batch_size,
+            num_workers=config.num_workers,
+            limit_per_class=config.limit_per_class,
+            skip_bad_images=config.skip_bad_images,
+            cache_dir=config.cache_dir,
+            seed=config.seed,
+        )
+        datamodule.setup("fit")
+        module = WBCClassifierModule(
+            arch=config.arch,
+            mode=config.mode,
+            lr=lr,
+            weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing,
+            warmup_steps=config.warmup_steps,
+            head_epochs=config.head_epochs,
+            unfreeze=config.unfreeze,
+            backbone_lr_scale=config.backbone_lr_scale,
+            pretrained=config.pretrained,
+            image_size=image_size,
+        )
+        final_trainable = module.final_trainable_params()
+        _, total_params = count_parameters(module.model)
+        mlflow.log_params(
+            {
+                "arch": get_spec(config.arch).name,
+                "mode": config.mode,
+                "epochs": config.epochs,
+                "batch_size": config.batch_size,
+                "lr": lr,
+                "weight_decay": config.weight_decay,
+                "image_size": image_size,
+                "label_smoothing": config.label_smoothing,
+                "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
+                "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
+                "backbone_lr_scale": config.backbone_lr_scale,
+                "pretrained": module.hparams.pretrained,
+                "seed": config.seed,
+                "max_time": config.max_time or 0,
+                "limit_per_class": config.limit_per_class,
+                "trainable_params": final_trainable,
+                "total_params": total_params,
+                "train_size": len(datamodule.datasets["train"]),
+                "val_size": len(datamodule.datasets["valid"]),
+                "data_fingerprint": datamodule.fingerprint,
+            }
+        )
+        checkpoint_dir = Path(config.output_dir).resolve() / run.info.run_id / "checkpoints"
+        trainer, checkpoint = _make_trainer(config, checkpoint_dir)
+        trainer.fit(module, datamodule=datamodule)
+        train_minutes = (time.perf_counter() - started) / 60
+        best_checkpoint = checkpoint.best_model_path or checkpoint.last_model_path
+        result = _finish_run(run.info.run_id, best_checkpoint, datamodule, train_minutes, config)
+    return result
+
+
+def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> TrainResult:
+    """Score the best checkpoint on valid; log the metrics, reports, curves and the servable model."""
+    from wbc.serving import log_pyfunc_model
+
+    model, image_size = load_model(best_checkpoint)
+    valid = datamodule.datasets["valid"]
+    probabilities = Predictor(model, image_size).predict_pixels(valid.pixels)
+    evaluation = Evaluation.from_predictions(valid.targets, probabilities.argmax(axis=1))
+    mlflow.log_metrics(
+        {"best_val_acc": evaluation.accuracy, "best_val_f1": evaluation.macro_f1, "train_minutes": train_minutes}
+    )
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        evaluation.write(scratch_dir)
+        mlflow.log_artifacts(scratch_dir)
+    import matplotlib.pyplot as plt
+
+    figure = training_curves_figure(run_id)
+    mlflow.log_figure(figure, "training_curves.png")
+    plt.close(figure)
+    export_dir = Path(best_checkpoint).parent.parent / "model"
+    export_model(model, image_size, export_dir)
+    log_pyfunc_model(export_dir, example_image=valid.paths[0])
+    log.info("run %s: valid accuracy %.4f, macro-F1 %.4f", run_id, evaluation.accuracy, evaluation.macro_f1)
+    return TrainResult(run_id, best_checkpoint, evaluation.accuracy, evaluation.macro_f1, train_minutes, evaluation)
+
+
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "train"]
