@@ -126,11 +126,16 @@ def decode_cached(
 
 
 def _compact(npy_path: Path, count: int) -> None:
-    """Drop the unused tail rows left by skipped images."""
+    """Drop the unused tail rows left by skipped images, copying in chunks into a new file."""
     full = np.load(npy_path, mmap_mode="r")
-    trimmed = np.ascontiguousarray(full[:count])
-    del full
-    np.save(npy_path, trimmed)
+    compact_path = npy_path.with_name(npy_path.name + ".compact.npy")
+    compact = np.lib.format.open_memmap(compact_path, mode="w+", dtype=full.dtype, shape=(count, *full.shape[1:]))
+    for start in range(0, count, 1024):
+        stop = min(start + 1024, count)
+        compact[start:stop] = full[start:stop]
+    compact.flush()
+    del compact, full
+    os.replace(compact_path, npy_path)
 
 
 def _finish(pixels: np.ndarray, kept: np.ndarray, bad_files: list[str], errors: list[str]) -> DecodedImages:

@@ -1,0 +1,150 @@
+"""BarcelonaDataset, the decoded-image cache and BarcelonaDataModule on tiny synthetic data."""
+
+import functools
+import hashlib
+import http.server
+import threading
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from wbc.classes import CLASS_NAMES
+from wbc.data import BarcelonaDataModule, BarcelonaDataset, DatasetError, ImageDecodeError, load_split
+from wbc.data import dataset as dataset_module
+from wbc.data.cache import decode_cached
+
+from conftest import make_dataset
+
+
+def test_fixed_class_order_and_targets(synthetic_data):
+    dataset = BarcelonaDataset(synthetic_data, "train")
+    assert dataset.classes == list(CLASS_NAMES)
+    assert len(dataset) == 12 * 8
+    image, target = dataset[0]
+    assert image.mode == "RGB" and target == 0
+
+
+def test_missing_class_folder_keeps_indices(tmp_path):
+    root = make_dataset(tmp_path, splits=("valid",))
+    shutil.rmtree(root / "barcelona" / "valid" / "basophil")
+    dataset = BarcelonaDataset(root, "valid")
+    assert set(dataset.targets) == set(range(1, 8))
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda root: shutil.rmtree(root), "does not exist"),
+        (lambda root: shutil.rmtree(root / "barcelona" / "valid"), "valid does not exist"),
+        (lambda root: (root / "barcelona" / "valid" / "blast").mkdir(), "blast: folder is not one of the eight"),
+        (lambda root: [shutil.rmtree(p) for p in (root / "barcelona" / "valid").iterdir()], "holds no images"),
+    ],
+    ids=["no-root", "no-split", "unknown-class", "empty-split"],
+)
+def test_bad_layouts_give_one_line_errors(tmp_path, breakage, expected):
+    root = make_dataset(tmp_path / "root", splits=("valid",))
+    breakage(root)
+    with pytest.raises(DatasetError) as caught:
+        BarcelonaDataset(root, "valid")
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_unknown_split_is_rejected(synthetic_data):
+    with pytest.raises(ValueError, match="split"):
+        BarcelonaDataset(synthetic_data, "holdout")
+
+
+@pytest.fixture
+def archive_server(tmp_path):
+    """A local HTTP server holding barcelona.zip (one image per class and split)."""
+    source = make_dataset(tmp_path / "source", per_class={"train": 1, "valid": 1}, splits=("train", "valid"))
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "barcelona.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in (source / "barcelona").rglob("*.jpg"):
+            zipped.write(path, path.relative_to(source))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield archive, f"http://127.0.0.1:{server.server_address[1]}/barcelona.zip"
+    server.shutdown()
+
+
+def test_download_fetches_checks_md5_and_extracts(tmp_path, monkeypatch, archive_server):
+    archive, url = archive_server
+    monkeypatch.setattr(dataset_module, "ARCHIVE_URL", url)
+    monkeypatch.setattr(dataset_module, "ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    dataset = BarcelonaDataset(tmp_path / "downloaded", "valid", download=True)
+    assert len(dataset) == 8
+
+    monkeypatch.setattr(dataset_module, "ARCHIVE_MD5", "0" * 32)
+    with pytest.raises(RuntimeError, match="not found or corrupted|md5|integrity"):
+        BarcelonaDataset(tmp_path / "corrupt", "valid", download=True)
+
+
+def _paths(root, split="train"):
+    return [path for path, _ in BarcelonaDataset(root, split).samples]
+
+
+def test_cache_is_reused_and_invalidated_when_files_change(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class={"train": 2}, splits=("train",))
+    paths = _paths(root)
+    first = decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+    assert first.pixels.shape == (16, 3, 16, 16) and first.pixels.dtype == np.uint8
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1
+    again = decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+    assert np.array_equal(first.pixels, again.pixels)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1
+
+    os.utime(paths[0], ns=(1, 1))
+    decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2
+    decode_cached(paths, 24, cache_dir=tmp_path / "c", workers=1)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 3
+    assert not list((tmp_path / "c").glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a jpeg at all", "truncated"], ids=["zero-byte", "non-image", "truncated"])
+def test_bad_training_file_fails_or_is_skipped_with_a_count(tmp_path, content):
+    root = make_dataset(tmp_path / "d", per_class={"train": 2}, splits=("train",))
+    bad = root / "barcelona" / "train" / "monocyte" / "bad.jpg"
+    if content == "truncated":
+        good = (root / "barcelona" / "train" / "monocyte" / "mo_0.jpg").read_bytes()
+        content = good[: len(good) // 2]
+    bad.write_bytes(content)
+    paths = _paths(root)
+    with pytest.raises(ImageDecodeError, match="bad.jpg"):
+        decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        decoded = decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1, skip_bad_images=True)
+    assert decoded.pixels.shape[0] == len(paths) - 1
+    assert decoded.bad_files == (str(bad),)
+    with pytest.raises(ImageDecodeError, match="bad.jpg"):
+        decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+
+
+def test_datamodule_batches_and_augmentation(synthetic_data, tmp_path):
+    module = BarcelonaDataModule(synthetic_data, image_size=24, batch_size=8, limit_per_class=5, cache_dir=tmp_path / "c")
+    module.setup("fit")
+    assert len(module.datasets["train"]) == 40 and len(module.datasets["valid"]) == 32
+    images, targets = next(iter(module.train_dataloader()))
+    assert images.shape == (8, 3, 24, 24) and images.dtype == torch.uint8 and targets.dtype == torch.int64
+    valid = module.datasets["valid"]
+    assert torch.equal(valid[0][0], valid[0][0]), "validation images are not augmented"
+    train = module.datasets["train"]
+    views = {train[0][0].numpy().tobytes() for _ in range(20)}
+    assert len(views) > 1, "training images are augmented"
+    assert len(module.fingerprint) == 16
+
+
+def test_limit_per_class_is_seeded_and_balanced(synthetic_data, tmp_path):
+    first = load_split(synthetic_data, "train", 16, limit_per_class=3, cache_dir=tmp_path)
+    second = load_split(synthetic_data, "train", 16, limit_per_class=3, cache_dir=tmp_path)
+    assert first.paths == second.paths
+    assert np.bincount(first.targets).tolist() == [3] * 8
