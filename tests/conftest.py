@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,7 +60,11 @@ def isolated_state(tmp_path, monkeypatch):
     """Each test gets its own working directory, decoded-image cache and MLflow store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WBC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    mlflow.set_tracking_uri(tracking_uri)
     yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()

@@ -91,6 +91,10 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
 
     @property
+    def resolved_pretrained(self) -> bool:
+        return self.mode != "scratch" if self.pretrained is None else self.pretrained
+
+    @property
     def resolved_image_size(self) -> int:
         return self.image_size or get_spec(self.arch).image_size
 
@@ -170,7 +174,7 @@ def train(config: TrainConfig) -> TrainResult:
             head_epochs=config.head_epochs,
             unfreeze=config.unfreeze,
             backbone_lr_scale=config.backbone_lr_scale,
-            pretrained=config.pretrained,
+            pretrained=config.resolved_pretrained,
             image_size=image_size,
         )
         final_trainable = module.final_trainable_params()
@@ -188,7 +192,7 @@ def train(config: TrainConfig) -> TrainResult:
                 "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
                 "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
                 "backbone_lr_scale": config.backbone_lr_scale,
-                "pretrained": module.hparams.pretrained,
+                "pretrained": config.resolved_pretrained,
                 "seed": config.seed,
                 "max_time": config.max_time or 0,
                 "limit_per_class": config.limit_per_class,

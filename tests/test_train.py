@@ -1,0 +1,120 @@
+"""Training end to end on tiny synthetic data: MLflow run contents, checkpoints, modes, reproducibility."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from wbc.evaluate import REPORT_FILES
+from wbc.inference import Predictor, load_model
+from wbc.module import WBCClassifierModule, warmup_cosine
+from wbc.train import ConfigError, TrainConfig, train
+
+TRAINING_PARAMS = {
+    "arch", "mode", "epochs", "batch_size", "lr", "image_size", "trainable_params", "total_params",
+    "train_size", "val_size", "data_fingerprint",
+}
+
+
+def tiny_config(data_root, **overrides) -> TrainConfig:
+    settings = dict(
+        data_dir=str(data_root), arch="scratch", mode="scratch", epochs=2, batch_size=16, image_size=32,
+        lr=3e-3, warmup_steps=2, progress=False,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data, tmp_path_factory):
+    """One tiny scratch run shared by the tests that only read it."""
+    workdir = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("WBC_CACHE_DIR", str(workdir / "cache"))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+        result = train(tiny_config(synthetic_data, epochs=4, lr=1e-2))
+        run = mlflow.MlflowClient().get_run(result.run_id)
+        artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+        history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_f1")
+    return result, run, artifacts, history
+
+
+def test_run_logs_params_metrics_and_artifacts(trained):
+    result, run, artifacts, history = trained
+    assert run.info.status == "FINISHED"
+    assert TRAINING_PARAMS <= set(run.data.params)
+    assert run.data.params["arch"] == "scratch" and run.data.params["train_size"] == "96"
+    for name in ("train_loss", "val_loss", "val_acc", "val_f1", "best_val_acc", "best_val_f1", "train_minutes"):
+        assert name in run.data.metrics, name
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2, 3]
+    assert set(REPORT_FILES) | {"training_curves.png"} <= artifacts
+    assert run.data.tags.get("git_commit")
+    assert result.best_val_f1 == pytest.approx(max(m.value for m in history), abs=1e-6)
+
+
+def test_synthetic_task_is_learned(trained):
+    result, *_ = trained
+    assert result.best_val_acc >= 0.8, "distinct colours per class must be learnable in four epochs"
+
+
+def test_best_checkpoint_loads_safely_and_predicts(trained, synthetic_data):
+    result, *_ = trained
+    model, image_size = load_model(result.best_checkpoint)
+    assert image_size == 32 and model.arch == "scratch"
+    predictor = Predictor(model, image_size)
+    files = sorted((synthetic_data / "barcelona" / "valid" / "platelet").glob("*.jpg"))
+    predictions = predictor.predict_sources(files)
+    assert all(p.label is not None and 0 < p.confidence <= 1 for p in predictions)
+
+
+def test_same_seed_same_result(synthetic_data, tmp_path):
+    first = train(tiny_config(synthetic_data, epochs=1, limit_per_class=6, output_dir=str(tmp_path / "a")))
+    second = train(tiny_config(synthetic_data, epochs=1, limit_per_class=6, output_dir=str(tmp_path / "b")))
+    a = torch.load(first.best_checkpoint, weights_only=True)["state_dict"]
+    b = torch.load(second.best_checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_trains_head_then_unfreezes(synthetic_data):
+    """Phase 1 leaves the backbone untouched; phase 2 changes it."""
+    config = tiny_config(synthetic_data, arch="efficientnet_lite0", mode="finetune", epochs=2, head_epochs=1,
+                         unfreeze="last", limit_per_class=3, lr=1e-3)
+    result = train(config)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.params["unfreeze"] == "last" and run.data.params["pretrained"] == "True"
+    pretrained = WBCClassifierModule(arch="efficientnet_lite0", mode="finetune").model.state_dict()
+    last = Path(result.best_checkpoint).with_name("last.ckpt")
+    trained_state = {k[len("model."):]: v for k, v in torch.load(last, weights_only=True)["state_dict"].items()}
+    assert torch.equal(trained_state["net.conv_stem.weight"], pretrained["net.conv_stem.weight"]), "early layers stay frozen"
+    assert torch.equal(trained_state["net.bn1.running_mean"], pretrained["net.bn1.running_mean"]), "frozen BN stats fixed"
+    assert not torch.equal(trained_state["net.conv_head.weight"], pretrained["net.conv_head.weight"]), "last block trains in phase 2"
+    assert int(run.data.params["trainable_params"]) < int(run.data.params["total_params"])
+
+
+def test_warmup_cosine_schedule():
+    factor = warmup_cosine(start_step=10, warmup_steps=5, total_steps=40)
+    assert factor(0) == 0 and factor(9) == 0
+    assert factor(10) == pytest.approx(0.2) and factor(14) == pytest.approx(1.0)
+    assert factor(27) == pytest.approx(0.5, abs=0.06) and factor(40) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"arch": "resnet9000"}, "resnet9000"),
+     ({"lr": -1.0}, "lr"), ({"data_dir": "/nonexistent"}, "data_dir"), ({"mode": "finetune", "head_epochs": 5}, "head_epochs")],
+)
+def test_bad_settings_fail_before_any_run(synthetic_data, override, field):
+    with pytest.raises(ValueError, match=field):
+        train(tiny_config(synthetic_data, **override))
+    experiment = mlflow.get_experiment_by_name("wbc")
+    assert experiment is None or not mlflow.search_runs([experiment.experiment_id]).shape[0]
+
+
+def test_failed_run_is_marked_failed(synthetic_data, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+    with pytest.raises(Exception, match="TORCH_HOME"):
+        train(tiny_config(synthetic_data, arch="resnet18", mode="transfer"))
+    runs = mlflow.search_runs(experiment_names=["wbc"])
+    assert list(runs["status"]) == ["FAILED"]
