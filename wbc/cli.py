@@ -21,6 +21,7 @@ def _user_errors(command):
     def wrapper(*args, **kwargs):
         from wbc.data import DatasetError, ImageDecodeError
         from wbc.inference import ModelLoadError
+        from wbc.model_registry import RegistryError
         from wbc.models import PretrainedWeightsUnavailable, UnknownModelError
         from wbc.train import ConfigError
 
@@ -33,6 +34,7 @@ def _user_errors(command):
             ModelLoadError,
             PretrainedWeightsUnavailable,
             UnknownModelError,
+            RegistryError,
             FileNotFoundError,
         ) as error:
             raise click.ClickException(str(error)) from None
@@ -67,16 +69,16 @@ def training_options(function):
         click.option("--mode", default="finetune", show_default=True, type=click.Choice(MODES)),
         click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000)),
         click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096)),
-        click.option("--lr", type=click.FloatRange(0, 10, min_open=True), help="Peak learning rate [default: by mode]."),
+        click.option("--lr", default=0.0, type=click.FloatRange(0, 10), help="Peak learning rate; 0 = by mode (scratch/transfer 3e-3, finetune 1e-3)."),
         click.option("--weight-decay", default=0.02, show_default=True, type=click.FloatRange(0, 10)),
         click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True)),
-        click.option("--image-size", type=click.IntRange(16, 1024), help="Input size in pixels [default: the model's]."),
+        click.option("--image-size", default=0, type=click.IntRange(0, 1024), help="Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0)."),
         click.option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),
         click.option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
         click.option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
-        click.option("--pretrained/--no-pretrained", default=None, help="[default: pretrained unless --mode scratch]"),
+        click.option("--pretrained", default="auto", show_default=True, type=click.Choice(["auto", "true", "false"]), help="ImageNet weights; auto = yes unless --mode scratch."),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--max-time", type=click.FloatRange(0, min_open=True), help="Stop training after this many minutes."),
+        click.option("--max-time", default=0.0, type=click.FloatRange(0), help="Stop training after this many minutes; 0 = no limit."),
         click.option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0), help="Use at most N images per class (0 = all)."),
         click.option("--num-workers", default=0, show_default=True, type=click.IntRange(0)),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."),
@@ -92,17 +94,19 @@ def training_options(function):
 
 
 def _config_from_options(options: dict):
-    from wbc.train import TrainConfig
+    """Map CLI values onto :class:`TrainConfig` (0 means "the default" for lr, image size and max time)."""
+    from wbc.train import ConfigError, TrainConfig
 
     devices = options.pop("devices")
-    return TrainConfig(devices=int(devices) if devices.isdigit() else devices, **options)
+    if not (devices == "auto" or devices.isdigit() and int(devices) >= 1):
+        raise ConfigError(f"devices={devices!r} is invalid: expected a positive integer or 'auto'")
+    pretrained = {"auto": None, "true": True, "false": False}[options.pop("pretrained")]
+    for name in ("lr", "image_size", "max_time"):
+        options[name] = options[name] or None
+    return TrainConfig(devices=int(devices) if devices.isdigit() else devices, pretrained=pretrained, **options)
 
 
-@cli.command()
-@training_options
-@_user_errors
-def train(**options) -> None:
-    """Train a model; the run (params, metrics, reports, model) goes to MLflow."""
+def _train_and_report(options: dict):
     from wbc.train import train as run_training
 
     result = run_training(_config_from_options(options))
@@ -111,6 +115,59 @@ def train(**options) -> None:
         f"{result.train_minutes:.1f} min\nbest checkpoint: {result.best_checkpoint}"
     )
     click.echo(result.evaluation.summary())
+    return result
+
+
+@cli.command()
+@training_options
+@_user_errors
+def train(**options) -> None:
+    """Train a model; the run (params, metrics, reports, model) goes to MLflow."""
+    _train_and_report(options)
+
+
+def _registry_options(function):
+    for option in reversed(
+        [
+            click.option("--experiment", default="wbc", show_default=True),
+            click.option("--metric", default="best_val_f1", show_default=True, help="Higher is better."),
+            click.option("--model-name", default="wbc-classifier", show_default=True),
+            click.option("--alias", default="champion", show_default=True),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def _register_and_report(experiment: str, metric: str, model_name: str, alias: str) -> None:
+    from wbc.model_registry import register_best
+    from wbc.tracking import configure_tracking
+
+    configure_tracking(experiment)
+    registration = register_best(experiment=experiment, metric=metric, model_name=model_name, alias=alias)
+    click.echo(
+        f"{registration.model_name} version {registration.version} (run {registration.run_id}, "
+        f"{registration.metric}={registration.value:.4f}) is now @{registration.alias}"
+        + (f"; version {registration.previous_champion} is @previous" if registration.previous_champion else "")
+    )
+    click.echo(f"load it with: mlflow.pyfunc.load_model('models:/{registration.model_name}@{registration.alias}')")
+
+
+@cli.command()
+@_registry_options
+@_user_errors
+def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
+    """Register the experiment's best finished training run; make it champion if it beats the current one."""
+    _register_and_report(experiment, metric, model_name, alias)
+
+
+@cli.command("main")
+@training_options
+@_user_errors
+def main_job(**options) -> None:
+    """The whole job: train (defaults: the documented recipe), report on valid, register the best as champion."""
+    _train_and_report(dict(options))
+    _register_and_report(options["experiment"], "best_val_f1", "wbc-classifier", "champion")
 
 
 @cli.command()
@@ -163,9 +220,9 @@ def list_architectures() -> None:
         click.echo(f"{name:20s} {spec.image_size:4d}px  {spec.description}")
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     tune_malloc_and_reexec()
-    cli(prog_name="wbc")
+    cli(args=args, prog_name="wbc")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 import mlflow
 
 DEFAULT_EXPERIMENT = "wbc"
+RUN_KIND_TAG = "wbc.kind"
+"""Tag that says what a run did: ``train`` or ``evaluate``."""
 
 
 def default_tracking_uri() -> str:

@@ -18,7 +18,7 @@ from wbc.evaluate import Evaluation
 from wbc.inference import Predictor, export_model, load_model
 from wbc.models import MODES, UNFREEZE_CHOICES, count_parameters, get_spec
 from wbc.module import WBCClassifierModule
-from wbc.tracking import DEFAULT_EXPERIMENT, configure_tracking, run_tags, training_curves_figure
+from wbc.tracking import DEFAULT_EXPERIMENT, RUN_KIND_TAG, configure_tracking, run_tags, training_curves_figure
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def train(config: TrainConfig) -> TrainResult:
     if is_global_zero():
         mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    with mlflow.start_run(tags=run_tags(**config.extra_tags)) as run:
+    with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags)) as run:
         started = time.perf_counter()
         datamodule = BarcelonaDataModule(
             config.data_dir,

@@ -26,7 +26,7 @@ def _load_weights(weights: tv.WeightsEnum) -> dict[str, torch.Tensor]:
         raise PretrainedWeightsUnavailable(
             f"ImageNet weights {weights} are not at {cached} and could not be downloaded ({error}). "
             f"Copy the file there (set $TORCH_HOME to use another folder; now {os.environ.get('TORCH_HOME', 'unset')}), "
-            "or train without pretrained weights: --mode scratch"
+            "or train without them: --mode scratch or --no-pretrained (mlflow run: -P pretrained=false)"
         ) from None
 
 
