@@ -148,7 +148,7 @@ def test_torchvision_pretrained_reads_torch_home(tmp_path, monkeypatch):
     with pytest.raises(PretrainedWeightsUnavailable) as caught:
         build_model("resnet18", pretrained=True)
     message = str(caught.value)
-    assert "resnet18-f37072fd.pth" in message and "TORCH_HOME" in message and "--mode scratch" in message
+    assert "resnet18-f37072fd.pth" in message and "TORCH_HOME" in message and "--weights none" in message
 
     from torchvision.models import resnet18
 

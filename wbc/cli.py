@@ -59,34 +59,40 @@ def _data_dir_option(function):
     )(function)
 
 
+def _option(flag: str, **settings):
+    """A click option that also answers to its underscore spelling (``mlflow run -P foo_bar=1`` passes ``--foo_bar``)."""
+    names = [flag] + ([flag.replace("-", "_").replace("__", "--", 1)] if "-" in flag[2:] else [])
+    return click.option(*names, **settings)
+
+
 def training_options(function):
     """The options of ``wbc train`` (also used by ``wbc main``)."""
     from wbc.models import MODES, UNFREEZE_CHOICES, list_models
 
     options = [
         _data_dir_option,
-        click.option("--arch", default="efficientnet_lite0", show_default=True, type=click.Choice(list_models())),
-        click.option("--mode", default="finetune", show_default=True, type=click.Choice(MODES)),
-        click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000)),
-        click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096)),
-        click.option("--lr", default=0.0, type=click.FloatRange(0, 10), help="Peak learning rate; 0 = by mode (scratch/transfer 3e-3, finetune 1e-3)."),
-        click.option("--weight-decay", default=0.02, show_default=True, type=click.FloatRange(0, 10)),
-        click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True)),
-        click.option("--image-size", default=0, type=click.IntRange(0, 1024), help="Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0)."),
-        click.option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),
-        click.option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
-        click.option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
-        click.option("--pretrained", default="auto", show_default=True, type=click.Choice(["auto", "true", "false"]), help="ImageNet weights; auto = yes unless --mode scratch."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--max-time", default=0.0, type=click.FloatRange(0), help="Stop training after this many minutes; 0 = no limit."),
-        click.option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0), help="Use at most N images per class (0 = all)."),
-        click.option("--num-workers", default=0, show_default=True, type=click.IntRange(0)),
-        click.option("--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."),
-        click.option("--skip-bad-images", is_flag=True, help="Skip unreadable training images with a warning instead of failing."),
-        click.option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False)),
-        click.option("--experiment", default="wbc", show_default=True),
-        click.option("--devices", default="1", show_default=True, help="Lightning devices (a count, or 'auto')."),
-        click.option("--strategy", default="auto", show_default=True, help="Lightning strategy, e.g. ddp."),
+        _option("--arch", default="efficientnet_lite0", show_default=True, type=click.Choice(list_models())),
+        _option("--mode", default="finetune", show_default=True, type=click.Choice(MODES)),
+        _option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000)),
+        _option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096)),
+        _option("--lr", default=0.0, type=click.FloatRange(0, 10), help="Peak learning rate; 0 = by mode (scratch/transfer 3e-3, finetune 1e-3)."),
+        _option("--weight-decay", default=0.02, show_default=True, type=click.FloatRange(0, 10)),
+        _option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True)),
+        _option("--image-size", default=0, type=click.IntRange(0, 1024), help="Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0)."),
+        _option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),
+        _option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
+        _option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
+        _option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "imagenet", "none"]), help="Initial weights; auto = imagenet unless --mode scratch."),
+        _option("--seed", default=0, show_default=True, type=int),
+        _option("--max-time", default=0.0, type=click.FloatRange(0), help="Stop training after this many minutes; 0 = no limit."),
+        _option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0), help="Use at most N images per class (0 = all)."),
+        _option("--num-workers", default=0, show_default=True, type=click.IntRange(0)),
+        _option("--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."),
+        _option("--skip-bad-images", is_flag=True, help="Skip unreadable training images with a warning instead of failing."),
+        _option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False)),
+        _option("--experiment", default="wbc", show_default=True),
+        _option("--devices", default="1", show_default=True, help="Lightning devices (a count, or 'auto')."),
+        _option("--strategy", default="auto", show_default=True, help="Lightning strategy, e.g. ddp."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -100,7 +106,7 @@ def _config_from_options(options: dict):
     devices = options.pop("devices")
     if not (devices == "auto" or devices.isdigit() and int(devices) >= 1):
         raise ConfigError(f"devices={devices!r} is invalid: expected a positive integer or 'auto'")
-    pretrained = {"auto": None, "true": True, "false": False}[options.pop("pretrained")]
+    pretrained = {"auto": None, "imagenet": True, "none": False}[options.pop("weights")]
     for name in ("lr", "image_size", "max_time"):
         options[name] = options[name] or None
     return TrainConfig(devices=int(devices) if devices.isdigit() else devices, pretrained=pretrained, **options)
@@ -129,7 +135,7 @@ def train(**options) -> None:
 def _registry_options(function):
     for option in reversed(
         [
-            click.option("--experiment", default="wbc", show_default=True),
+            click.option("--experiment", default="wbc,Default", show_default=True, help="Experiment(s) to search, comma-separated."),
             click.option("--metric", default="best_val_f1", show_default=True, help="Higher is better."),
             click.option("--model-name", default="wbc-classifier", show_default=True),
             click.option("--alias", default="champion", show_default=True),
@@ -143,7 +149,7 @@ def _register_and_report(experiment: str, metric: str, model_name: str, alias: s
     from wbc.model_registry import register_best
     from wbc.tracking import configure_tracking
 
-    configure_tracking(experiment)
+    configure_tracking()
     registration = register_best(experiment=experiment, metric=metric, model_name=model_name, alias=alias)
     click.echo(
         f"{registration.model_name} version {registration.version} (run {registration.run_id}, "
@@ -167,7 +173,7 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 def main_job(**options) -> None:
     """The whole job: train (defaults: the documented recipe), report on valid, register the best as champion."""
     _train_and_report(dict(options))
-    _register_and_report(options["experiment"], "best_val_f1", "wbc-classifier", "champion")
+    _register_and_report(f"{options['experiment']},Default", "best_val_f1", "wbc-classifier", "champion")
 
 
 @cli.command()

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "wbc-classifier"
 DEFAULT_ALIAS = "champion"
 DEFAULT_METRIC = "best_val_f1"
+DEFAULT_SEARCH_EXPERIMENTS = f"{DEFAULT_EXPERIMENT},Default"
+"""Where ``register`` looks: ``mlflow run`` without ``--experiment-name`` logs to ``Default``."""
 
 
 class RegistryError(ValueError):
@@ -41,11 +43,14 @@ class Registration:
 
 
 def best_training_run(client: MlflowClient, experiment: str, metric: str):
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    """The best finished training run in ``experiment`` (comma-separated names allowed)."""
+    names = [name.strip() for name in experiment.split(",") if name.strip()]
+    found = [client.get_experiment_by_name(name) for name in names]
+    ids = [item.experiment_id for item in found if item is not None]
+    if not ids:
         raise RegistryError(f"experiment {experiment!r} does not exist: train a model first (wbc train)")
     runs = client.search_runs(
-        [found.experiment_id],
+        ids,
         filter_string=f"attributes.status = 'FINISHED' and tags.`{RUN_KIND_TAG}` = 'train'",
         order_by=[f"metrics.`{metric}` DESC", "attributes.start_time DESC"],
         max_results=50,
@@ -64,7 +69,7 @@ def _version_metric(version, metric: str) -> float | None:
 
 
 def register_best(
-    experiment: str = DEFAULT_EXPERIMENT,
+    experiment: str = DEFAULT_SEARCH_EXPERIMENTS,
     metric: str = DEFAULT_METRIC,
     model_name: str = DEFAULT_MODEL_NAME,
     alias: str = DEFAULT_ALIAS,

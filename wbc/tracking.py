@@ -31,6 +31,34 @@ def configure_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
     return uri
 
 
+def _equivalent(logged: str, value, normalise) -> bool:
+    if logged == str(value) or normalise(logged) == normalise(str(value)):
+        return True
+    try:
+        return float(logged) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def log_params_once(params: dict, normalise=lambda value: value) -> None:
+    """Log ``params`` to the active run, skipping those it already holds with an equivalent value.
+
+    ``mlflow run`` logs the entry point's parameters as given (``lr=0.00001``, ``arch=resnet``)
+    before our code starts; MLflow refuses to change a param, so equal values (numerically, or
+    after ``normalise``) are left as they are, and a genuinely different value is kept as
+    ``resolved_<name>``.
+    """
+    run = mlflow.active_run()
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    fresh = {}
+    for name, value in params.items():
+        if name not in logged:
+            fresh[name] = value
+        elif not _equivalent(logged[name], value, normalise):
+            fresh[f"resolved_{name}"] = value
+    mlflow.log_params(fresh)
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(

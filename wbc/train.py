@@ -18,7 +18,14 @@ from wbc.evaluate import Evaluation
 from wbc.inference import Predictor, export_model, load_model
 from wbc.models import MODES, UNFREEZE_CHOICES, count_parameters, get_spec
 from wbc.module import WBCClassifierModule
-from wbc.tracking import DEFAULT_EXPERIMENT, RUN_KIND_TAG, configure_tracking, run_tags, training_curves_figure
+from wbc.tracking import (
+    DEFAULT_EXPERIMENT,
+    RUN_KIND_TAG,
+    configure_tracking,
+    log_params_once,
+    run_tags,
+    training_curves_figure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +116,13 @@ class TrainResult:
     evaluation: Evaluation
 
 
+def _canonical_arch(value: str) -> str:
+    try:
+        return get_spec(value).name
+    except ValueError:
+        return value
+
+
 def is_global_zero() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
@@ -179,7 +193,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
         final_trainable = module.final_trainable_params()
         _, total_params = count_parameters(module.model)
-        mlflow.log_params(
+        log_params_once(
             {
                 "arch": get_spec(config.arch).name,
                 "mode": config.mode,
@@ -201,7 +215,8 @@ def train(config: TrainConfig) -> TrainResult:
                 "train_size": len(datamodule.datasets["train"]),
                 "val_size": len(datamodule.datasets["valid"]),
                 "data_fingerprint": datamodule.fingerprint,
-            }
+            },
+            normalise=_canonical_arch,
         )
         checkpoint_dir = Path(config.output_dir).resolve() / run.info.run_id / "checkpoints"
         trainer, checkpoint = _make_trainer(config, checkpoint_dir)

@@ -26,7 +26,7 @@ def _load_weights(weights: tv.WeightsEnum) -> dict[str, torch.Tensor]:
         raise PretrainedWeightsUnavailable(
             f"ImageNet weights {weights} are not at {cached} and could not be downloaded ({error}). "
             f"Copy the file there (set $TORCH_HOME to use another folder; now {os.environ.get('TORCH_HOME', 'unset')}), "
-            "or train without them: --mode scratch or --no-pretrained (mlflow run: -P pretrained=false)"
+            "or train without them: wbc train --weights none (mlflow run: -P weights=none)"
         ) from None
 
 
@@ -48,25 +48,25 @@ def _build(factory, weights: tv.WeightsEnum, head: str, num_classes: int, pretra
     return network
 
 
-@register_model("resnet18", image_size=224, head=("fc",), last_block=("layer4",))
+@register_model("resnet18", image_size=128, head=("fc",), last_block=("layer4",))
 def resnet18(num_classes: int, pretrained: bool = False) -> nn.Module:
     """ResNet-18 (torchvision), new fc head."""
     return _build(tv.resnet18, tv.ResNet18_Weights.DEFAULT, "fc", num_classes, pretrained)
 
 
-@register_model("resnet34", image_size=224, head=("fc",), last_block=("layer4",))
+@register_model("resnet34", image_size=128, head=("fc",), last_block=("layer4",))
 def resnet34(num_classes: int, pretrained: bool = False) -> nn.Module:
     """ResNet-34 (torchvision), new fc head."""
     return _build(tv.resnet34, tv.ResNet34_Weights.DEFAULT, "fc", num_classes, pretrained)
 
 
-@register_model("resnet50", image_size=224, head=("fc",), last_block=("layer4",), aliases=("resnet",))
+@register_model("resnet50", image_size=128, head=("fc",), last_block=("layer4",), aliases=("resnet",))
 def resnet50(num_classes: int, pretrained: bool = False) -> nn.Module:
     """ResNet-50 (torchvision), new fc head."""
     return _build(tv.resnet50, tv.ResNet50_Weights.DEFAULT, "fc", num_classes, pretrained)
 
 
-@register_model("alexnet", image_size=224, head=("classifier.6",), last_block=("features.10", "classifier"))
+@register_model("alexnet", image_size=128, head=("classifier.6",), last_block=("features.10", "classifier"))
 def alexnet(num_classes: int, pretrained: bool = False) -> nn.Module:
     """AlexNet (torchvision), last classifier layer replaced."""
     return _build(tv.alexnet, tv.AlexNet_Weights.DEFAULT, "classifier.6", num_classes, pretrained)
@@ -74,7 +74,7 @@ def alexnet(num_classes: int, pretrained: bool = False) -> nn.Module:
 
 @register_model(
     "vgg16",
-    image_size=224,
+    image_size=128,
     head=("classifier.6",),
     last_block=("features.24", "features.26", "features.28", "classifier"),
 )

@@ -1,0 +1,8 @@
+"""MLproject entry point for scratch, transfer and finetune: train one model (wbc train)."""
+
+import sys
+
+from wbc.cli import main
+
+if __name__ == "__main__":
+    main(["train", *sys.argv[1:]])

@@ -1,0 +1,208 @@
+"""The MLflow project for real: `mlflow run` entry points, the registry, and `mlflow models serve` over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import requests
+from PIL import Image
+
+from wbc.classes import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+WBC = str(Path(sys.executable).with_name("wbc"))
+pytestmark = pytest.mark.slow
+
+
+def _environment(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}",
+        WBC_CACHE_DIR=str(workdir / "cache"),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def _mlflow_run(workdir: Path, entry_point: str, *params: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [MLFLOW, "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
+    for param in params:
+        command += ["-P", param]
+    result = subprocess.run(command, cwd=workdir, env=_environment(workdir), capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(synthetic_data, tmp_path_factory):
+    """Two `mlflow run` trainings (a good and a weak one) and `mlflow run -e register`, in one store."""
+    workdir = tmp_path_factory.mktemp("project")
+    common = [f"data_dir={synthetic_data}", "image_size=32", "batch_size=16", f"output_dir={workdir / 'outputs'}"]
+    _mlflow_run(workdir, "scratch", *common, "epochs=4", "lr=0.01")
+    _mlflow_run(workdir, "register")
+    _mlflow_run(workdir, "scratch", *common, "epochs=1", "lr=0.00001", "limit_per_class=2")
+    registered = _mlflow_run(workdir, "register")
+    return workdir, registered
+
+
+def _client(workdir: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def test_mlflow_run_logs_comparable_training_runs(project):
+    workdir, _ = project
+    client = _client(workdir)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="tags.`wbc.kind` = 'train'"
+    )
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        params = run.data.params
+        assert params["arch"] == "scratch" and params["mode"] == "scratch" and params["image_size"] == "32"
+        assert {"trainable_params", "total_params", "train_size", "val_size", "data_fingerprint", "lr", "epochs"} <= set(params)
+        assert {"train_loss", "val_loss", "val_acc", "val_f1", "best_val_acc", "best_val_f1", "train_minutes"} <= set(run.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"confusion_matrix.png", "confusion_matrix.csv", "classification_report.json", "per_class.csv", "training_curves.png"} <= artifacts
+
+
+def test_register_keeps_the_better_model_as_champion(project):
+    workdir, registered = project
+    client = _client(workdir)
+    champion = client.get_model_version_by_alias("wbc-classifier", "champion")
+    challenger = client.get_model_version_by_alias("wbc-classifier", "challenger") if "challenger" in registered.stdout else None
+    run = client.get_run(champion.run_id)
+    assert champion.tags["metric"] == "best_val_f1"
+    assert float(champion.tags["metric.best_val_f1"]) == pytest.approx(run.data.metrics["best_val_f1"])
+    assert run.data.params["epochs"] == "4"
+    if challenger is not None:
+        assert float(challenger.tags["metric.best_val_f1"]) <= float(champion.tags["metric.best_val_f1"])
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/wbc-classifier@champion")
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40), (40, 40, 200)).save(png, format="PNG")
+    predicted = model.predict(pd.DataFrame({"image": [_b64(png.getvalue())]}))
+    assert predicted["label"][0] in CLASS_NAMES and 0 < predicted["confidence"][0] <= 1
+
+
+def test_bad_parameter_fails_clearly_and_marks_the_run_failed(project, synthetic_data):
+    workdir, _ = project
+    result = _mlflow_run(workdir, "scratch", f"data_dir={synthetic_data}", "epochs=abc", check=False)
+    assert result.returncode != 0
+    assert "Invalid value for '--epochs': 'abc' is not a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr.split("Invalid value")[0][-2000:]
+    client = _client(workdir)
+    failed = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string="attributes.status = 'FAILED'")
+    assert failed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    workdir, _ = project
+    port = _free_port()
+    process = subprocess.Popen(
+        [MLFLOW, "models", "serve", "-m", "models:/wbc-classifier@champion", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+        cwd=workdir, env=_environment(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None:
+            pytest.fail("mlflow models serve exited: " + process.stdout.read()[-3000:])
+        time.sleep(1)
+    else:
+        pytest.fail("mlflow models serve did not answer /ping within 180 s")
+    yield url, workdir
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _valid_files(data_root: Path) -> list[Path]:
+    return [sorted((data_root / "barcelona" / "valid" / name).glob("*.jpg"))[0] for name in CLASS_NAMES]
+
+
+def test_served_predictions_equal_wbc_predict(server, synthetic_data, tmp_path):
+    url, workdir = server
+    files = _valid_files(synthetic_data)
+    body = {"dataframe_split": {"columns": ["image"], "data": [[_b64(f.read_bytes())] for f in files]}}
+    response = requests.post(f"{url}/invocations", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    served = pd.DataFrame(response.json()["predictions"])
+    assert list(served.columns[:2]) == ["label", "confidence"]
+    assert {f"prob_{c}" for c in CLASS_NAMES} <= set(served.columns)
+
+    output = tmp_path / "predictions.csv"
+    subprocess.run(
+        [WBC, "predict", *map(str, files), "--model", "models:/wbc-classifier@champion", "--output", str(output)],
+        env=_environment(workdir), check=True, capture_output=True, timeout=300,
+    )
+    local = pd.read_csv(output)
+    assert list(served["label"]) == list(local["label"])
+    for name in CLASS_NAMES:
+        assert served[f"prob_{name}"].to_numpy() == pytest.approx(local[f"prob_{name}"].to_numpy(), abs=1e-5)
+
+    records = requests.post(f"{url}/invocations", json={"dataframe_records": [{"image": _b64(files[0].read_bytes())}]}, timeout=60)
+    assert records.status_code == 200 and records.json()["predictions"][0]["label"] == served["label"][0]
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 50), (200, 100, 100)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_data):
+    url, _ = server
+    jpeg = _valid_files(synthetic_data)[0].read_bytes()
+    split = lambda value: {"dataframe_split": {"columns": ["image"], "data": [[value]]}}  # noqa: E731
+    cases = {
+        "malformed JSON": ("{not json", "application/json", None),
+        "missing image column": (json.dumps({"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}), "application/json", "image"),
+        "invalid base64": (json.dumps(split("@@@not-base64@@@")), "application/json", "not valid base64"),
+        "not an image": (json.dumps(split(_b64(b"hello, I am text"))), "application/json", "not an image"),
+        "truncated JPEG": (json.dumps(split(_b64(jpeg[: len(jpeg) // 2]))), "application/json", "truncated"),
+        "oversized image": (json.dumps(split(_b64(b"\xff\xd8" + b"0" * (17 * 1024 * 1024)))), "application/json", "limit"),
+    }
+    for name, (body, content_type, expected) in cases.items():
+        response = requests.post(f"{url}/invocations", data=body, headers={"Content-Type": content_type}, timeout=60)
+        assert 400 <= response.status_code < 500, (name, response.status_code, response.text[:300])
+        if expected:
+            assert expected in response.text, (name, response.text[:500])
+        assert requests.get(f"{url}/ping", timeout=5).status_code == 200, f"server down after {name}"
+
+    mixed = {"dataframe_split": {"columns": ["image"], "data": [[_b64(_png_bytes())], [_b64(b"junk")]]}}
+    response = requests.post(f"{url}/invocations", json=mixed, timeout=60)
+    assert response.status_code == 200
+    rows = response.json()["predictions"]
+    assert rows[0]["label"] in CLASS_NAMES and rows[0]["error"] == ""
+    assert pd.isna(rows[1]["label"]) and pd.isna(rows[1]["confidence"]) and "not an image" in rows[1]["error"]
