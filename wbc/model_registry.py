@@ -104,7 +104,7 @@ def register_best(
         client.set_registered_model_alias(model_name, alias, version.version)
         if champion is not None:
             client.set_registered_model_alias(model_name, "previous", champion.version)
-            previous = champion.version
+            previous = str(champion.version)
         held = alias
     else:
         client.set_registered_model_alias(model_name, "challenger", version.version)

@@ -1,0 +1,88 @@
+"""The `wbc` command line: predict, evaluate, register and its one-line errors."""
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from wbc.classes import CLASS_NAMES
+from wbc.cli import cli
+from wbc.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def model_run(synthetic_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli-model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("WBC_CACHE_DIR", str(workdir / "cache"))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+        result = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1,
+                                   batch_size=16, image_size=32, progress=False))
+    return result
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+
+
+def test_predict_writes_csv_prints_differential_count_and_lists_bad_files(model_run, synthetic_data, tmp_path):
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    sources = sorted((synthetic_data / "barcelona" / "valid").rglob("*.jpg"))[:6]
+    for index, source in enumerate(sources):
+        (folder / f"cell_{index}.jpg").write_bytes(source.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    export_dir = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"
+    result = invoke("predict", folder, "--model", export_dir, "--output", tmp_path / "out.csv")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert len(table) == 8
+    assert list(table.columns) == ["file", "label", "confidence", *[f"prob_{c}" for c in CLASS_NAMES], "error"]
+    bad = table[table["error"] != ""]
+    assert sorted(p.rsplit("/", 1)[1] for p in bad["file"]) == ["broken.jpg", "notes.txt"]
+    good = table[table["error"] == ""]
+    assert set(good["label"]) <= set(CLASS_NAMES) and len(good) == 6
+    assert "cells" in result.output and "percent" in result.output and "(2 unreadable)" in result.output
+
+
+def test_predict_from_checkpoint_matches_export(model_run, synthetic_data, tmp_path):
+    files = sorted((synthetic_data / "barcelona" / "valid" / "ig").glob("*.jpg"))
+    export_dir = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"
+    invoke("predict", *files, "--model", model_run.best_checkpoint, "--output", tmp_path / "a.csv")
+    invoke("predict", *files, "--model", export_dir, "--output", tmp_path / "b.csv")
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert a["prob_ig"].to_numpy() == pytest.approx(b["prob_ig"].to_numpy(), abs=1e-6)
+
+
+def test_evaluate_writes_reports_and_logs_an_evaluate_run(model_run, synthetic_data, tmp_path):
+    result = invoke("evaluate", model_run.best_checkpoint, "--data-dir", synthetic_data, "--split", "valid",
+                    "--output-dir", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    for name in ("confusion_matrix.csv", "confusion_matrix.png", "classification_report.json", "per_class.csv"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    confusion = pd.read_csv(tmp_path / "report" / "confusion_matrix.csv", index_col=0)
+    assert confusion.to_numpy().sum() == 32 and list(confusion.columns) == list(CLASS_NAMES)
+    runs = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.kind` = 'evaluate'")
+    assert len(runs) == 1 and runs["metrics.valid_acc"][0] == pytest.approx(model_run.best_val_acc)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--epochs", "0"], "Invalid value for '--epochs'"),
+        (["train", "--batch-size", "-3"], "Invalid value for '--batch-size'"),
+        (["train", "--arch", "resnet9000"], "Invalid value for '--arch'"),
+        (["train", "--data-dir", "/nonexistent/data"], "data_dir='/nonexistent/data' is not a folder"),
+        (["train", "--devices", "-2"], "devices='-2' is invalid"),
+        (["predict", "/nonexistent/cell.jpg", "--model", "x"], "no such"),
+        (["evaluate", "/nonexistent/model.ckpt"], "no such checkpoint"),
+        (["register"], "train a model first"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(args, message):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
