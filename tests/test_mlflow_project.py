@@ -70,6 +70,8 @@ def test_mlflow_run_logs_comparable_training_runs(project):
         [e.experiment_id for e in client.search_experiments()], filter_string="tags.`wbc.kind` = 'train'"
     )
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    every_run = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(every_run) == 4, "one run per `mlflow run` (2 trainings, 2 registers), none from autolog or Lightning"
     for run in runs:
         params = run.data.params
         assert params["arch"] == "scratch" and params["mode"] == "scratch" and params["image_size"] == "32"

@@ -128,15 +128,16 @@ def is_global_zero() -> bool:
 
 
 def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-epoch{epoch:02d}-f1{val_f1:.4f}",
         auto_insert_metric_name=False,
         monitor="val_f1",
         mode="max",
-        save_last=True,
     )
-    callbacks: list[pl.Callback] = [checkpoint]
+    # Lightning's save_last only refreshes when the best improves; this one is rewritten every epoch.
+    latest = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    callbacks: list[pl.Callback] = [best, latest]
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = pl.Trainer(
@@ -153,7 +154,7 @@ def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer
         log_every_n_steps=10,
         default_root_dir=str(checkpoint_dir.parent),
     )
-    return trainer, checkpoint
+    return trainer, best
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -167,17 +168,6 @@ def train(config: TrainConfig) -> TrainResult:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags)) as run:
         started = time.perf_counter()
-        datamodule = BarcelonaDataModule(
-            config.data_dir,
-            image_size=image_size,
-            batch_size=config.batch_size,
-            num_workers=config.num_workers,
-            limit_per_class=config.limit_per_class,
-            skip_bad_images=config.skip_bad_images,
-            cache_dir=config.cache_dir,
-            seed=config.seed,
-        )
-        datamodule.setup("fit")
         module = WBCClassifierModule(
             arch=config.arch,
             mode=config.mode,
@@ -191,6 +181,17 @@ def train(config: TrainConfig) -> TrainResult:
             pretrained=config.resolved_pretrained,
             image_size=image_size,
         )
+        datamodule = BarcelonaDataModule(
+            config.data_dir,
+            image_size=image_size,
+            batch_size=config.batch_size,
+            num_workers=config.num_workers,
+            limit_per_class=config.limit_per_class,
+            skip_bad_images=config.skip_bad_images,
+            cache_dir=config.cache_dir,
+            seed=config.seed,
+        )
+        datamodule.setup("fit")
         final_trainable = module.final_trainable_params()
         _, total_params = count_parameters(module.model)
         log_params_once(
@@ -222,7 +223,7 @@ def train(config: TrainConfig) -> TrainResult:
         trainer, checkpoint = _make_trainer(config, checkpoint_dir)
         trainer.fit(module, datamodule=datamodule)
         train_minutes = (time.perf_counter() - started) / 60
-        best_checkpoint = checkpoint.best_model_path or checkpoint.last_model_path
+        best_checkpoint = checkpoint.best_model_path
         result = _finish_run(run.info.run_id, best_checkpoint, datamodule, train_minutes, config)
     return result
 
