@@ -71,7 +71,9 @@ def test_mlflow_run_logs_comparable_training_runs(project):
     )
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     every_run = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(every_run) == 4, "one run per `mlflow run` (2 trainings, 2 registers), none from autolog or Lightning"
+    assert all(r.data.tags.get("mlflow.project.entryPoint") for r in every_run), "no stray runs from autolog"
+    finished_scratch = [r for r in every_run if r.data.tags.get("mlflow.project.entryPoint") == "scratch" and r.info.status == "FINISHED"]
+    assert len(finished_scratch) == 2, "one run per `mlflow run`"
     for run in runs:
         params = run.data.params
         assert params["arch"] == "scratch" and params["mode"] == "scratch" and params["image_size"] == "32"
@@ -110,6 +112,21 @@ def test_bad_parameter_fails_clearly_and_marks_the_run_failed(project, synthetic
     client = _client(workdir)
     failed = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string="attributes.status = 'FAILED'")
     assert failed
+
+
+def test_evaluate_and_predict_entry_points(project, synthetic_data, tmp_path):
+    workdir, _ = project
+    _mlflow_run(workdir, "evaluate", f"data_dir={synthetic_data}", "split=valid")
+    folder = synthetic_data / "barcelona" / "valid" / "neutrophil"
+    _mlflow_run(workdir, "predict", f"input={folder}", f"output={tmp_path / 'predicted.csv'}")
+    assert len(pd.read_csv(tmp_path / "predicted.csv")) == len(list(folder.glob("*.jpg")))
+    client = _client(workdir)
+    evaluations = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="tags.`wbc.kind` = 'evaluate'"
+    )
+    assert len(evaluations) == 1 and evaluations[0].info.status == "FINISHED"
+    assert "valid_acc" in evaluations[0].data.metrics
+    assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(evaluations[0].info.run_id)}
 
 
 def _free_port() -> int:

@@ -73,7 +73,7 @@ def training_options(function):
         _data_dir_option,
         _option("--arch", default="efficientnet_lite0", show_default=True, type=click.Choice(list_models())),
         _option("--mode", default="finetune", show_default=True, type=click.Choice(MODES)),
-        _option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000)),
+        _option("--epochs", default=6, show_default=True, type=click.IntRange(1, 1000)),
         _option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096)),
         _option("--lr", default=0.0, type=click.FloatRange(0, 10), help="Peak learning rate; 0 = by mode (scratch/transfer 3e-3, finetune 1e-3)."),
         _option("--weight-decay", default=0.02, show_default=True, type=click.FloatRange(0, 10)),
@@ -93,6 +93,7 @@ def training_options(function):
         _option("--experiment", default="wbc", show_default=True),
         _option("--devices", default="1", show_default=True, help="Lightning devices (a count, or 'auto')."),
         _option("--strategy", default="auto", show_default=True, help="Lightning strategy, e.g. ddp."),
+        _option("--resume", default=None, metavar="RUN_ID|last", help="Continue a killed or failed training run from its last checkpoint (same MLflow run, its logged settings)."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -116,6 +117,8 @@ def _train_and_report(options: dict):
     from wbc.train import train as run_training
 
     result = run_training(_config_from_options(options))
+    if result is None:  # a non-zero rank of a multi-process run
+        return None
     click.echo(
         f"run {result.run_id}: valid accuracy {result.best_val_acc:.4f}, macro-F1 {result.best_val_f1:.4f}, "
         f"{result.train_minutes:.1f} min\nbest checkpoint: {result.best_checkpoint}"

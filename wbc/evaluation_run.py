@@ -9,7 +9,7 @@ import mlflow
 from wbc.data import load_split
 from wbc.evaluate import Evaluation
 from wbc.inference import Predictor
-from wbc.tracking import RUN_KIND_TAG, configure_tracking, run_tags
+from wbc.tracking import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 
 
 def evaluate_model(
@@ -30,7 +30,7 @@ def evaluate_model(
     if track:
         configure_tracking(experiment)
         with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "evaluate"})):
-            mlflow.log_params({"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset)})
+            log_params_once({"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset)})
             mlflow.log_metrics({f"{split}_acc": evaluation.accuracy, f"{split}_f1": evaluation.macro_f1})
             mlflow.log_artifacts(str(output_dir))
     return evaluation, files

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from wbc.checkpointing import atomic_torch_save
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
 from wbc.models import Classifier, build_model
@@ -36,9 +37,7 @@ def export_model(model: Classifier, image_size: int, directory: str | os.PathLik
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    temporary = directory / (EXPORT_WEIGHTS + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, directory / EXPORT_WEIGHTS)
+    atomic_torch_save(state, directory / EXPORT_WEIGHTS)
     config = {"arch": model.arch, "image_size": image_size, "classes": list(CLASS_NAMES), "format": 1}
     (directory / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
     return directory

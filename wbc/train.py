@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
+from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
 from wbc.evaluate import Evaluation
 from wbc.inference import Predictor, export_model, load_model
@@ -30,6 +33,7 @@ from wbc.tracking import (
 log = logging.getLogger(__name__)
 
 DEFAULT_LR = {"scratch": 3e-3, "transfer": 3e-3, "finetune": 1e-3}
+CHECKPOINT_DIR_TAG = "wbc.checkpoint_dir"
 
 
 class ConfigError(ValueError):
@@ -41,7 +45,7 @@ class TrainConfig:
     data_dir: str = "data"
     arch: str = "efficientnet_lite0"
     mode: str = "finetune"
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 64
     lr: float | None = None
     """Peak learning rate; default by mode (:data:`DEFAULT_LR`)."""
@@ -68,6 +72,8 @@ class TrainConfig:
     devices: int | str = 1
     strategy: str = "auto"
     progress: bool = True
+    resume: str | None = None
+    """Continue this run id (or ``last``: the newest unfinished training run) from its last checkpoint."""
     extra_tags: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -141,6 +147,7 @@ def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = pl.Trainer(
+        plugins=[AtomicCheckpointIO()],
         max_epochs=config.epochs,
         max_time={"minutes": config.max_time} if config.max_time else None,
         accelerator=config.accelerator,
@@ -157,16 +164,33 @@ def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer
     return trainer, best
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train one model as configured, tracked as one MLflow run; return where its best checkpoint is."""
+def train(config: TrainConfig) -> TrainResult | None:
+    """Train one model as configured, tracked as one MLflow run; return where its best checkpoint is.
+
+    With ``config.resume`` (a run id, or ``last``) a killed or failed run continues from its last
+    checkpoint, in the same MLflow run, with the settings that run logged. In a multi-process
+    run (DDP) only global rank 0 talks to MLflow; the other ranks train and return ``None``.
+    """
+    tracking = is_global_zero()
+    resumed = None
+    if config.resume:
+        configure_tracking(config.experiment)
+        resumed = find_resumable_run(config.resume, config.experiment)
+        config = config_from_run(resumed, config)
     config.validate()
     image_size = config.resolved_image_size
     lr = config.resolved_lr
-    configure_tracking(config.experiment)
-    if is_global_zero():
+    if tracking:
+        configure_tracking(config.experiment)
         mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags)) as run:
+    if not tracking:
+        run_context = nullcontext(None)
+    elif resumed is not None:
+        run_context = mlflow.start_run(run_id=resumed.info.run_id)
+    else:
+        run_context = mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags))
+    with run_context as run:
         started = time.perf_counter()
         module = WBCClassifierModule(
             arch=config.arch,
@@ -178,7 +202,7 @@ def train(config: TrainConfig) -> TrainResult:
             head_epochs=config.head_epochs,
             unfreeze=config.unfreeze,
             backbone_lr_scale=config.backbone_lr_scale,
-            pretrained=config.resolved_pretrained,
+            pretrained=config.resolved_pretrained and resumed is None,
             image_size=image_size,
         )
         datamodule = BarcelonaDataModule(
@@ -192,40 +216,111 @@ def train(config: TrainConfig) -> TrainResult:
             seed=config.seed,
         )
         datamodule.setup("fit")
-        final_trainable = module.final_trainable_params()
-        _, total_params = count_parameters(module.model)
-        log_params_once(
-            {
-                "arch": get_spec(config.arch).name,
-                "mode": config.mode,
-                "epochs": config.epochs,
-                "batch_size": config.batch_size,
-                "lr": lr,
-                "weight_decay": config.weight_decay,
-                "image_size": image_size,
-                "label_smoothing": config.label_smoothing,
-                "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
-                "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
-                "backbone_lr_scale": config.backbone_lr_scale,
-                "pretrained": config.resolved_pretrained,
-                "seed": config.seed,
-                "max_time": config.max_time or 0,
-                "limit_per_class": config.limit_per_class,
-                "trainable_params": final_trainable,
-                "total_params": total_params,
-                "train_size": len(datamodule.datasets["train"]),
-                "val_size": len(datamodule.datasets["valid"]),
-                "data_fingerprint": datamodule.fingerprint,
-            },
-            normalise=_canonical_arch,
-        )
-        checkpoint_dir = Path(config.output_dir).resolve() / run.info.run_id / "checkpoints"
+        if run is None:
+            # the checkpoint folder is rank 0's; Lightning broadcasts it to the other ranks
+            checkpoint_dir = Path(config.output_dir).resolve() / "non-zero-rank"
+        else:
+            _log_training_params(config, module, datamodule)
+            checkpoint_dir = _checkpoint_dir(resumed) if resumed else Path(config.output_dir).resolve() / run.info.run_id / "checkpoints"
+            mlflow.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir), **({"wbc.resumed": "true"} if resumed else {})})
+            if config.progress:
+                print(f"MLflow run {run.info.run_id}; checkpoints in {checkpoint_dir}", file=sys.stderr)
         trainer, checkpoint = _make_trainer(config, checkpoint_dir)
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint_dir / "last.ckpt") if resumed else None)
+        if run is None:
+            return None
         train_minutes = (time.perf_counter() - started) / 60
-        best_checkpoint = checkpoint.best_model_path
+        best_checkpoint = checkpoint.best_model_path or _best_in(checkpoint_dir)
         result = _finish_run(run.info.run_id, best_checkpoint, datamodule, train_minutes, config)
     return result
+
+
+def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datamodule: BarcelonaDataModule) -> None:
+    """The params every training run logs under the same names, so runs compare column by column."""
+    _, total_params = count_parameters(module.model)
+    log_params_once(
+        {
+            "arch": get_spec(config.arch).name,
+            "mode": config.mode,
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "lr": config.resolved_lr,
+            "weight_decay": config.weight_decay,
+            "warmup_steps": config.warmup_steps,
+            "image_size": config.resolved_image_size,
+            "label_smoothing": config.label_smoothing,
+            "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
+            "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
+            "backbone_lr_scale": config.backbone_lr_scale,
+            "pretrained": config.resolved_pretrained,
+            "seed": config.seed,
+            "max_time": config.max_time or 0,
+            "limit_per_class": config.limit_per_class,
+            "data_dir": str(Path(config.data_dir).resolve()),
+            "trainable_params": module.final_trainable_params(),
+            "total_params": total_params,
+            "train_size": len(datamodule.datasets["train"]),
+            "val_size": len(datamodule.datasets["valid"]),
+            "data_fingerprint": datamodule.fingerprint,
+        },
+        normalise=_canonical_arch,
+    )
+
+
+# How to read each resumable setting back from the run's params.
+_RESUMABLE_PARAMS = {
+    "arch": str, "mode": str, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
+    "warmup_steps": int, "image_size": int, "label_smoothing": float, "head_epochs": int, "unfreeze": str,
+    "backbone_lr_scale": float, "pretrained": lambda v: v == "True", "seed": int,
+    "max_time": lambda v: float(v) or None, "limit_per_class": int, "data_dir": str,
+}
+
+
+def _checkpoint_dir(run) -> Path:
+    return Path(run.data.tags[CHECKPOINT_DIR_TAG])
+
+
+def _best_in(checkpoint_dir: Path) -> str:
+    candidates = sorted(checkpoint_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return str(candidates[-1] if candidates else checkpoint_dir / "last.ckpt")
+
+
+def find_resumable_run(resume: str, experiment: str):
+    """The run to resume: by id, or ``last`` (the newest unfinished training run); checked resumable."""
+    client = mlflow.MlflowClient()
+    if resume == "last":
+        ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in (experiment, "Default")) if e]
+        runs = client.search_runs(
+            ids,
+            filter_string=f"tags.`{RUN_KIND_TAG}` = 'train' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        ) if ids else []
+        if not runs:
+            raise ConfigError(f"resume=last: no unfinished training run in experiment {experiment!r}")
+        run = runs[0]
+    else:
+        try:
+            run = client.get_run(resume)
+        except mlflow.exceptions.MlflowException:
+            raise ConfigError(f"resume={resume!r}: no such MLflow run in {mlflow.get_tracking_uri()}") from None
+    run_id = run.info.run_id
+    if run.data.tags.get(RUN_KIND_TAG) != "train":
+        raise ConfigError(f"resume={run_id}: not a wbc training run")
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"resume={run_id}: the run already finished; nothing to resume")
+    if CHECKPOINT_DIR_TAG not in run.data.tags or not (_checkpoint_dir(run) / "last.ckpt").exists():
+        raise ConfigError(f"resume={run_id}: no checkpoint was saved (stopped before its first epoch ended); start a new run")
+    return run
+
+
+def config_from_run(run, config: TrainConfig) -> TrainConfig:
+    """``config`` with the training settings replaced by those ``run`` logged."""
+    logged = run.data.params
+    settings = {name: parse(logged[name]) for name, parse in _RESUMABLE_PARAMS.items() if name in logged}
+    if settings.get("unfreeze") == "none":
+        settings.pop("unfreeze")
+    return replace(config, **settings)
 
 
 def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> TrainResult:
