@@ -1,0 +1,114 @@
+"""Crash safety and scale: atomic checkpoints, resuming a SIGKILLed run, multi-process (DDP) training."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from wbc import checkpointing
+from wbc.checkpointing import atomic_torch_save
+from wbc.train import ConfigError, TrainConfig, find_resumable_run, train
+
+from conftest import make_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    atomic_torch_save({"epoch": 1}, target)
+
+    def dies_halfway(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(checkpointing.torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no temporary file left behind"
+
+
+def _wbc(*args: str, env: dict, cwd: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wbc", *args], env=env, cwd=cwd, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", WBC_CACHE_DIR=str(tmp_path / "cache"))
+    return env
+
+
+TRAIN_ARGS = ["train", "--arch", "scratch", "--mode", "scratch", "--image-size", "32", "--batch-size", "16",
+              "--lr", "0.01", "--output-dir", "outputs"]
+
+
+def test_sigkilled_training_resumes_into_the_same_run(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class={"train": 40, "valid": 4})
+    epochs = 8
+    process = _wbc(*TRAIN_ARGS, "--data-dir", str(data), "--epochs", str(epochs), env=_env(tmp_path), cwd=tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 240
+    killed_after = None
+    while time.monotonic() < deadline and process.poll() is None:
+        lasts = list((tmp_path / "outputs").glob("*/checkpoints/last.ckpt"))
+        if lasts:
+            saved_epoch = torch.load(lasts[0], weights_only=True)["epoch"]
+            if saved_epoch >= 1:
+                time.sleep(0.4)  # into the next epoch
+                os.killpg(process.pid, signal.SIGKILL)
+                killed_after = saved_epoch
+                break
+        time.sleep(0.1)
+    process.wait(timeout=30)
+    assert killed_after is not None, "training ended before it could be killed: " + process.stdout.read()[-2000:]
+    assert killed_after < epochs - 1
+
+    (run,) = client.search_runs([client.get_experiment_by_name("wbc").experiment_id])
+    assert run.info.status == "RUNNING", "a killed run stays unfinished"
+
+    resumed = _wbc(*TRAIN_ARGS, "--data-dir", "/ignored/on/resume", "--resume", "last", env=_env(tmp_path), cwd=tmp_path)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output[-3000:]
+
+    runs = client.search_runs([client.get_experiment_by_name("wbc").experiment_id])
+    assert len(runs) == 1, "resuming continues the same MLflow run"
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["wbc.resumed"] == "true"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_f1"))
+    assert steps == list(range(epochs)), steps
+    assert "best_val_f1" in run.data.metrics
+    checkpoint = torch.load(Path(run.data.tags["wbc.checkpoint_dir"]) / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == epochs - 1
+
+    with pytest.raises(ConfigError, match="already finished"):
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        find_resumable_run(run.info.run_id, "wbc")
+
+
+def test_ddp_on_two_cpu_processes_logs_one_run_and_learns(synthetic_data, tmp_path):
+    args = [*TRAIN_ARGS, "--data-dir", str(synthetic_data), "--epochs", "4"]
+    process = _wbc(*args, "--devices", "2", "--strategy", "ddp", env=_env(tmp_path), cwd=tmp_path)
+    output, _ = process.communicate(timeout=400)
+    assert process.returncode == 0, output[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, "only rank 0 talks to MLflow"
+    ddp_run = runs[0]
+    assert ddp_run.info.status == "FINISHED"
+    assert len(client.get_metric_history(ddp_run.info.run_id, "val_acc")) == 4
+
+    single = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", image_size=32,
+                               batch_size=16, lr=0.01, epochs=4, progress=False))
+    ddp_accuracy = ddp_run.data.metrics["best_val_acc"]
+    assert ddp_accuracy >= 0.6 and abs(ddp_accuracy - single.best_val_acc) <= 0.25, (ddp_accuracy, single.best_val_acc)
