@@ -1,9 +1,13 @@
 """Registry rules: best finished run wins champion; previous and challenger aliases; failed runs never register."""
 
+import os
+import subprocess
+import sys
+
 import mlflow
 import pytest
 
-from wbc.model_registry import RegistryError, register_best
+from wbc.model_registry import RegistryError, reconcile_alias, register_best
 from wbc.train import TrainConfig, train
 
 
@@ -58,3 +62,39 @@ def test_no_training_run_is_a_clear_error():
     mlflow.set_experiment("wbc")
     with pytest.raises(RegistryError, match="no finished training run"):
         register_best(experiment="wbc")
+
+
+def test_reconcile_repairs_a_champion_moved_by_a_racing_writer(synthetic_data):
+    client = mlflow.MlflowClient()
+    good = _train(synthetic_data, lr=1e-2, epochs=3, limit_per_class=0)
+    weak = _train(synthetic_data, lr=1e-6, experiment="weak")
+    assert good.best_val_f1 > weak.best_val_f1
+    register_best(experiment="wbc")
+    register_best(experiment="weak")
+    weak_version = client.get_model_version_by_alias("wbc-classifier", "challenger").version
+    client.set_registered_model_alias("wbc-classifier", "champion", weak_version)  # a racing writer's damage
+    best = reconcile_alias(client, "wbc-classifier", "champion", "best_val_f1")
+    assert client.get_model_version_by_alias("wbc-classifier", "champion").run_id == good.run_id
+    assert best == str(client.get_model_version_by_alias("wbc-classifier", "champion").version)
+
+
+@pytest.mark.slow
+def test_concurrent_register_commands_keep_the_better_champion(synthetic_data, tmp_path):
+    good = _train(synthetic_data, lr=1e-2, epochs=3, limit_per_class=0)
+    weak = _train(synthetic_data, lr=1e-6, experiment="weak")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    client = mlflow.MlflowClient()
+    for round_index in range(3):
+        name = f"race-{round_index}"
+        commands = [
+            [sys.executable, "-m", "wbc", "register", "--experiment", experiment, "--model-name", name]
+            for experiment in (("weak", "wbc") if round_index % 2 else ("wbc", "weak"))
+        ]
+        processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+        for process in processes:
+            output, _ = process.communicate(timeout=120)
+            assert process.returncode == 0, output[-2000:]
+        assert client.get_model_version_by_alias(name, "champion").run_id == good.run_id, name
+        (found,) = client.search_model_versions(f"name = '{name}' and run_id = '{weak.run_id}'")
+        weak_version = client.get_model_version(name, found.version)
+        assert set(weak_version.aliases) in ({"previous"}, {"challenger"}), (name, weak_version.aliases)

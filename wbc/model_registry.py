@@ -8,8 +8,11 @@ which then keeps alias ``previous``; a candidate that does not beat the champion
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -74,40 +77,93 @@ def register_best(
     model_name: str = DEFAULT_MODEL_NAME,
     alias: str = DEFAULT_ALIAS,
 ) -> Registration:
-    """Register the best finished training run of ``experiment`` and move ``alias`` if it wins."""
+    """Register the best finished training run of ``experiment`` and move ``alias`` if it wins.
+
+    Safe to run concurrently: on a local SQLite store the decision is taken under a file lock,
+    and on any store the alias is finally re-pointed at the best registered version, so two
+    racing calls cannot leave it on the worse model or on nothing.
+    """
     client = MlflowClient()
     run = best_training_run(client, experiment, metric)
     value = float(run.data.metrics[metric])
     run_id = run.info.run_id
+    with _registry_lock():
+        version = _version_for_run(client, model_name, run_id, metric, value)
+        champion = _alias_target(client, model_name, alias)
+        previous = None
+        if champion is not None and champion.version == version.version:
+            held = alias
+        elif champion is None or value > (_version_metric(champion, metric) or float("-inf")):
+            client.set_registered_model_alias(model_name, alias, version.version)
+            if champion is not None:
+                client.set_registered_model_alias(model_name, "previous", champion.version)
+                previous = str(champion.version)
+            held = alias
+        else:
+            client.set_registered_model_alias(model_name, "challenger", version.version)
+            held = "challenger"
+    if reconcile_alias(client, model_name, alias, metric) != str(version.version) and held == alias:
+        held = "challenger"
+        client.set_registered_model_alias(model_name, "challenger", version.version)
+    log.info("%s version %s (%s=%.4f) holds %s", model_name, version.version, metric, value, held)
+    return Registration(model_name, str(version.version), run_id, metric, value, held, previous)
+
+
+def _alias_target(client: MlflowClient, model_name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def _version_for_run(client: MlflowClient, model_name: str, run_id: str, metric: str, value: float):
     try:
         client.get_registered_model(model_name)
     except MlflowException:
-        client.create_registered_model(model_name, description="White blood cell classifier (wbc), 8 classes.")
+        try:
+            client.create_registered_model(model_name, description="White blood cell classifier (wbc), 8 classes.")
+        except MlflowException:
+            pass  # created meanwhile by a concurrent registration
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     if existing:
-        version = existing[0]
-    else:
-        version = mlflow.register_model(
-            f"runs:/{run_id}/model",
-            model_name,
-            tags={f"metric.{metric}": str(value), "metric": metric, "run_id": run_id},
-        )
-    try:
-        champion = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
-        champion = None
+        return existing[0]
+    return mlflow.register_model(
+        f"runs:/{run_id}/model", model_name, tags={f"metric.{metric}": str(value), "metric": metric, "run_id": run_id}
+    )
 
-    previous = None
-    if champion is not None and champion.version == version.version:
-        held = alias
-    elif champion is None or value > (_version_metric(champion, metric) or float("-inf")):
-        client.set_registered_model_alias(model_name, alias, version.version)
-        if champion is not None:
-            client.set_registered_model_alias(model_name, "previous", champion.version)
-            previous = str(champion.version)
-        held = alias
-    else:
-        client.set_registered_model_alias(model_name, "challenger", version.version)
-        held = "challenger"
-    log.info("%s version %s (%s=%.4f) holds %s", model_name, version.version, metric, value, held)
-    return Registration(model_name, str(version.version), run_id, metric, value, held, previous)
+
+def reconcile_alias(client: MlflowClient, model_name: str, alias: str, metric: str) -> str | None:
+    """Point ``alias`` at the registered version with the highest ``metric`` (earliest on ties); return it."""
+    scored = [
+        (score, -int(version.version), version)
+        for version in client.search_model_versions(f"name = '{model_name}'")
+        if (score := _version_metric(version, metric)) is not None
+    ]
+    if not scored:
+        return None
+    _, _, best = max(scored, key=lambda item: item[:2])
+    current = _alias_target(client, model_name, alias)
+    if current is None or str(current.version) != str(best.version):
+        client.set_registered_model_alias(model_name, alias, best.version)
+        previous = _alias_target(client, model_name, "previous")
+        if previous is not None and str(previous.version) == str(best.version):
+            client.delete_registered_model_alias(model_name, "previous")
+    return str(best.version)
+
+
+@contextlib.contextmanager
+def _registry_lock():
+    """An exclusive file lock beside a local SQLite store (no-op for other stores)."""
+    uri = mlflow.get_registry_uri()
+    if not uri.startswith("sqlite:///") or os.name != "posix":
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".register.lock")
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
