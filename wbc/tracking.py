@@ -27,7 +27,10 @@ def configure_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+        found = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+        # When another process creates the experiment at the same moment, MLflow 3.17's
+        # set_experiment returns it without making it active; activating it by id is race-free.
+        mlflow.set_experiment(experiment_id=found.experiment_id)
     return uri
 
 

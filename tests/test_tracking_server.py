@@ -1,0 +1,134 @@
+"""The team set-up for real: `mlflow server` on PostgreSQL with a served artifact store.
+
+Two training processes log to it at the same time; then register and load the champion
+through the server. Needs PostgreSQL's server binaries (Debian package `postgresql`, which
+`.ci/run` installs).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import requests
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    return command if os.geteuid() != 0 else ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(command)]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="wbc-pg-", dir="/tmp"))
+    root.chmod(0o777)
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    port = _free_port()
+    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
+                   check=True, capture_output=True, timeout=120)
+    start = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+             f"'-p {port} -k {root} -c listen_addresses=127.0.0.1'", "start"]
+    subprocess.run(_as_postgres(start), check=True, capture_output=True, timeout=120)
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True, timeout=120)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(
+        [MLFLOW, "server", "--backend-store-uri", postgres, "--artifacts-destination", str(workdir / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None:
+            pytest.fail("mlflow server exited: " + process.stdout.read()[-3000:])
+        time.sleep(1)
+    else:
+        pytest.fail("mlflow server did not answer /health within 180 s")
+    yield url, workdir
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+def test_two_trainings_at_once_then_register_and_load_through_the_server(tracking_server, synthetic_data, tmp_path):
+    url, workdir = tracking_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=url, WBC_CACHE_DIR=str(tmp_path / "cache"))
+    common = ["train", "--data-dir", str(synthetic_data), "--arch", "scratch", "--mode", "scratch",
+              "--image-size", "32", "--batch-size", "16", "--epochs", "3", "--experiment", "team"]
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "wbc", *common, "--lr", lr, "--output-dir", str(tmp_path / f"out{i}")],
+                         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i, lr in enumerate(("0.01", "0.003"))
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+
+    client = mlflow.MlflowClient(tracking_uri=url)
+    runs = client.search_runs([client.get_experiment_by_name("team").experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert len(client.get_metric_history(run.info.run_id, "val_f1")) == 3, "no epoch metric lost"
+        assert {"best_val_f1", "train_minutes"} <= set(run.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"confusion_matrix.png", "classification_report.json"} <= artifacts
+    assert any((workdir / "artifacts").rglob("weights.pt")), "artifacts are stored by the server"
+
+    registered = subprocess.run([sys.executable, "-m", "wbc", "register", "--experiment", "team"], env=env,
+                                capture_output=True, text=True, timeout=300)
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    best = max(runs, key=lambda r: r.data.metrics["best_val_f1"])
+    assert client.get_model_version_by_alias("wbc-classifier", "champion").run_id == best.info.run_id
+
+    mlflow.set_tracking_uri(url)
+    model = mlflow.pyfunc.load_model("models:/wbc-classifier@champion")
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 40, 40)).save(png, format="PNG")
+    import base64
+
+    predicted = model.predict(pd.DataFrame({"image": [base64.b64encode(png.getvalue()).decode()]}))
+    assert predicted["error"][0] == "" and 0 < predicted["confidence"][0] <= 1
