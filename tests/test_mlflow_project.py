@@ -21,6 +21,8 @@ from PIL import Image
 
 from wbc.classes import CLASS_NAMES
 
+from test_bad_input import CASES
+
 REPO = Path(__file__).resolve().parents[1]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 WBC = str(Path(sys.executable).with_name("wbc"))
@@ -218,6 +220,15 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
         if expected:
             assert expected in response.text, (name, response.text[:500])
         assert requests.get(f"{url}/ping", timeout=5).status_code == 200, f"server down after {name}"
+
+    for name, (content, expected_error) in CASES.items():
+        response = requests.post(f"{url}/invocations", json=split(_b64(content)), timeout=60)
+        if expected_error is None:
+            assert response.status_code == 200, (name, response.text[:300])
+            assert response.json()["predictions"][0]["label"] in CLASS_NAMES, name
+        else:
+            expected_error = {"zero-byte.jpg": "non-empty base64"}.get(name, expected_error)  # b"" is an empty string
+            assert response.status_code == 400 and expected_error in response.text, (name, response.text[:300])
 
     mixed = {"dataframe_split": {"columns": ["image"], "data": [[_b64(_png_bytes())], [_b64(b"junk")]]}}
     response = requests.post(f"{url}/invocations", json=mixed, timeout=60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
 from wbc.classes import CLASS_NAMES
@@ -16,12 +18,18 @@ def predict_files(paths, model: str, batch_size: int = 64) -> pd.DataFrame:
     frames = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        predictions = predictor.predict_sources(chunk, [str(path) for path in chunk])
-        frames.append(predictions_frame(predictions).assign(file=[str(path) for path in chunk]))
+        names = [display_path(path) for path in chunk]
+        predictions = predictor.predict_sources(chunk, names)
+        frames.append(predictions_frame(predictions).assign(file=names))
     table = pd.concat(frames, ignore_index=True) if frames else predictions_frame([])
     if "file" not in table:
         table["file"] = []
     return table[["file", *[c for c in table.columns if c != "file"]]]
+
+
+def display_path(path) -> str:
+    """The path as valid UTF-8 text: bytes that are not UTF-8 (a Latin-1 file name) appear as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def differential_count(table: pd.DataFrame) -> pd.DataFrame:
