@@ -19,6 +19,27 @@ MALLOC_SETTINGS = {
 _OPT_OUT = "WBC_NO_MALLOC_TUNING"
 
 
+_MALLOPT = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_TOP_PAD_": -2, "MALLOC_MMAP_MAX_": -4}
+"""glibc ``mallopt`` parameter numbers (M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX) for :data:`MALLOC_SETTINGS`."""
+
+
+def tune_malloc_in_process() -> bool:
+    """Apply :data:`MALLOC_SETTINGS` to this running process with glibc's ``mallopt``; False if not glibc.
+
+    For processes that ``wbc`` does not start itself, such as ``mlflow models serve``.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux") or os.environ.get(_OPT_OUT):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return all(libc.mallopt(_MALLOPT[name], int(value)) == 1 for name, value in MALLOC_SETTINGS.items())
+    except (OSError, AttributeError):
+        return False
+
+
 def malloc_tuned() -> bool:
     return all(os.environ.get(name) == value for name, value in MALLOC_SETTINGS.items())
 

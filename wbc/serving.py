@@ -27,6 +27,7 @@ from mlflow.types import ColSpec, Schema
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import MAX_IMAGE_BYTES
 from wbc.inference import Prediction, Predictor
+from wbc.runtime import tune_malloc_in_process
 
 IMAGE_COLUMN = "image"
 PROBABILITY_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
@@ -69,6 +70,7 @@ class WBCImageClassifier(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper around :class:`Predictor`; the weights come from the ``model`` artifact folder."""
 
     def load_context(self, context) -> None:
+        tune_malloc_in_process()
         self.predictor = Predictor.load(context.artifacts["model"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
