@@ -54,22 +54,25 @@ TRAIN_ARGS = ["train", "--arch", "scratch", "--mode", "scratch", "--image-size",
 
 
 def test_sigkilled_training_resumes_into_the_same_run(tmp_path):
-    data = make_dataset(tmp_path / "data", per_class={"train": 40, "valid": 4})
+    data = make_dataset(tmp_path / "data", per_class={"train": 80, "valid": 4})
     epochs = 8
     process = _wbc(*TRAIN_ARGS, "--data-dir", str(data), "--epochs", str(epochs), env=_env(tmp_path), cwd=tmp_path)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline = time.monotonic() + 240
-    killed_after = None
+    killed_after, seen = None, {}  # epoch -> when its last.ckpt was first seen
     while time.monotonic() < deadline and process.poll() is None:
         lasts = list((tmp_path / "outputs").glob("*/checkpoints/last.ckpt"))
         if lasts:
-            saved_epoch = torch.load(lasts[0], weights_only=True)["epoch"]
-            if saved_epoch >= 1:
-                time.sleep(0.4)  # into the next epoch
+            epoch = torch.load(lasts[0], weights_only=True)["epoch"]
+            seen.setdefault(epoch, time.monotonic())
+            if len(seen) >= 2 and epoch >= 1:
+                # kill in the middle of the next epoch, away from the end-of-epoch logging and saving
+                epoch_seconds = seen[epoch] - seen[min(seen)]
+                time.sleep(max(0.05, epoch_seconds / max(1, epoch - min(seen)) / 2))
                 os.killpg(process.pid, signal.SIGKILL)
-                killed_after = saved_epoch
+                killed_after = epoch
                 break
-        time.sleep(0.1)
+        time.sleep(0.02)
     process.wait(timeout=30)
     assert killed_after is not None, "training ended before it could be killed: " + process.stdout.read()[-2000:]
     assert killed_after < epochs - 1
@@ -97,7 +100,8 @@ def test_sigkilled_training_resumes_into_the_same_run(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_logs_one_run_and_learns(synthetic_data, tmp_path):
-    args = [*TRAIN_ARGS, "--data-dir", str(synthetic_data), "--epochs", "4"]
+    args = [*TRAIN_ARGS, "--data-dir", str(synthetic_data), "--epochs", "4", "--batch-size", "8"]
+    # two processes of 8 images each make the same global batch of 16 as the single-process run below
     process = _wbc(*args, "--devices", "2", "--strategy", "ddp", env=_env(tmp_path), cwd=tmp_path)
     output, _ = process.communicate(timeout=400)
     assert process.returncode == 0, output[-3000:]
