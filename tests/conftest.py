@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from wbc.classes import CLASS_NAMES
@@ -55,16 +61,55 @@ def synthetic_data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"), splits=("train", "valid", "test"))
 
 
+@contextlib.contextmanager
+def isolated(workdir: Path):
+    """Run in ``workdir`` with its own decoded-image cache and SQLite MLflow store."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("WBC_CACHE_DIR", str(workdir / "cache"))
+        tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        mlflow.set_tracking_uri(tracking_uri)
+        try:
+            yield workdir
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+
+
 @pytest.fixture(autouse=True)
-def isolated_state(tmp_path, monkeypatch):
+def isolated_state(tmp_path):
     """Each test gets its own working directory, decoded-image cache and MLflow store."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WBC_CACHE_DIR", str(tmp_path / "cache"))
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    mlflow.set_tracking_uri(tracking_uri)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
+    with isolated(tmp_path):
+        yield tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_http_server(command: list[str], health_url: str, *, env: dict, cwd: Path, timeout: float = 180) -> subprocess.Popen:
+    """Start ``command`` in its own process group and wait until ``health_url`` answers 200."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(health_url, timeout=2).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None:
+            pytest.fail(f"{command[:3]} exited: " + process.stdout.read()[-3000:])
+        time.sleep(1)
+    stop_process_group(process)
+    pytest.fail(f"{command[:3]} did not answer {health_url} within {timeout:.0f} s")
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 60) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=timeout)

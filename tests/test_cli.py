@@ -9,14 +9,12 @@ from wbc.classes import CLASS_NAMES
 from wbc.cli import cli
 from wbc.train import TrainConfig, train
 
+from conftest import isolated
+
 
 @pytest.fixture(scope="module")
 def model_run(synthetic_data, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("cli-model")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        patch.setenv("WBC_CACHE_DIR", str(workdir / "cache"))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    with isolated(tmp_path_factory.mktemp("cli-model")):
         result = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1,
                                    batch_size=16, image_size=32, progress=False))
     return result

@@ -6,11 +6,8 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -21,6 +18,7 @@ from PIL import Image
 
 from wbc.classes import CLASS_NAMES
 
+from conftest import free_port, start_http_server, stop_process_group
 from test_bad_input import CASES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,37 +129,16 @@ def test_evaluate_and_predict_entry_points(project, synthetic_data, tmp_path):
     assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(evaluations[0].info.run_id)}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(project):
     workdir, _ = project
-    port = _free_port()
-    process = subprocess.Popen(
-        [MLFLOW, "models", "serve", "-m", "models:/wbc-classifier@champion", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-        cwd=workdir, env=_environment(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
+    port = free_port()
+    command = [MLFLOW, "models", "serve", "-m", "models:/wbc-classifier@champion", "--env-manager", "local",
+               "-p", str(port), "-h", "127.0.0.1"]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None:
-            pytest.fail("mlflow models serve exited: " + process.stdout.read()[-3000:])
-        time.sleep(1)
-    else:
-        pytest.fail("mlflow models serve did not answer /ping within 180 s")
+    process = start_http_server(command, f"{url}/ping", env=_environment(workdir), cwd=workdir)
     yield url, workdir
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+    stop_process_group(process, timeout=30)
 
 
 def _b64(data: bytes) -> str:

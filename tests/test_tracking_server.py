@@ -11,12 +11,9 @@ import glob
 import io
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
@@ -25,6 +22,8 @@ import pytest
 import requests
 from PIL import Image
 
+from conftest import free_port, start_http_server, stop_process_group
+
 pytestmark = pytest.mark.slow
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -32,12 +31,6 @@ MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 def _postgres_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -54,7 +47,7 @@ def postgres():
     data = root / "data"
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
                    check=True, capture_output=True, timeout=120)
     start = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
@@ -68,29 +61,14 @@ def postgres():
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("server")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    process = subprocess.Popen(
-        [MLFLOW, "server", "--backend-store-uri", postgres, "--artifacts-destination", str(workdir / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
+    command = [MLFLOW, "server", "--backend-store-uri", postgres, "--artifacts-destination", str(workdir / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None:
-            pytest.fail("mlflow server exited: " + process.stdout.read()[-3000:])
-        time.sleep(1)
-    else:
-        pytest.fail("mlflow server did not answer /health within 180 s")
+    process = start_http_server(command, f"{url}/health", env=env, cwd=workdir)
     yield url, workdir
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=60)
+    stop_process_group(process)
 
 
 def test_two_trainings_at_once_then_register_and_load_through_the_server(tracking_server, synthetic_data, tmp_path):

@@ -11,6 +11,8 @@ from wbc.inference import Predictor, load_model
 from wbc.module import WBCClassifierModule, warmup_cosine
 from wbc.train import ConfigError, TrainConfig, train
 
+from conftest import isolated
+
 TRAINING_PARAMS = {
     "arch", "mode", "epochs", "batch_size", "lr", "image_size", "trainable_params", "total_params",
     "train_size", "val_size", "data_fingerprint",
@@ -29,11 +31,7 @@ def tiny_config(data_root, **overrides) -> TrainConfig:
 @pytest.fixture(scope="module")
 def trained(synthetic_data, tmp_path_factory):
     """One tiny scratch run shared by the tests that only read it."""
-    workdir = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        patch.setenv("WBC_CACHE_DIR", str(workdir / "cache"))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    with isolated(tmp_path_factory.mktemp("trained")):
         result = train(tiny_config(synthetic_data, epochs=4, lr=1e-2))
         run = mlflow.MlflowClient().get_run(result.run_id)
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
