@@ -148,3 +148,12 @@ def test_limit_per_class_is_seeded_and_balanced(synthetic_data, tmp_path):
     second = load_split(synthetic_data, "train", 16, limit_per_class=3, cache_dir=tmp_path)
     assert first.paths == second.paths
     assert np.bincount(first.targets).tolist() == [3] * 8
+
+
+def test_non_utf8_file_names_load_and_cache(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class={"valid": 1}, splits=("valid",))
+    source = next((root / "barcelona" / "valid" / "ig").glob("*.jpg"))
+    odd = source.with_name(os.fsdecode(b"ig-\xe9\xff.jpg"))
+    source.rename(odd)
+    dataset = load_split(root, "valid", 16, cache_dir=tmp_path / "c")
+    assert odd.name in [os.path.basename(p) for p in dataset.paths] and len(dataset) == 8

@@ -19,7 +19,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import requests
 from PIL import Image
 
 from conftest import free_port, start_http_server, stop_process_group

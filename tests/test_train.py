@@ -9,7 +9,7 @@ import torch
 from wbc.evaluate import REPORT_FILES
 from wbc.inference import Predictor, load_model
 from wbc.module import WBCClassifierModule, warmup_cosine
-from wbc.train import ConfigError, TrainConfig, train
+from wbc.train import TrainConfig, train
 
 from conftest import isolated
 

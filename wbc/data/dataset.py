@@ -74,9 +74,13 @@ class BarcelonaDataset(ImageFolder):
         return self.data_root / "barcelona" / self.split
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as error:
+            raise DatasetError(f"{directory}: cannot read folder ({error.strerror or error})") from None
         unknown = sorted(
             entry.name
-            for entry in os.scandir(directory)
+            for entry in entries
             if entry.is_dir() and not entry.name.startswith(".") and entry.name not in CLASS_TO_IDX
         )
         if unknown:
