@@ -84,3 +84,20 @@ def test_bad_arguments_give_one_line_errors(args, message):
     assert result.exit_code in (1, 2), result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_tta_averages_the_eight_views(model_run, synthetic_data, tmp_path):
+    import torch
+
+    from wbc.inference import Predictor, dihedral_views
+
+    views = dihedral_views(torch.arange(4.0).view(1, 1, 2, 2))
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+    plain = Predictor.load(model_run.best_checkpoint)
+    averaged = Predictor.load(model_run.best_checkpoint, tta=True)
+    pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    expected = sum(plain.predict_pixels(v) for v in dihedral_views(pixels)) / 8
+    assert averaged.predict_pixels(pixels) == pytest.approx(expected, abs=1e-5)
+    result = invoke("evaluate", model_run.best_checkpoint, "--data-dir", synthetic_data, "--tta", "--no-track",
+                    "--output-dir", tmp_path / "tta")
+    assert result.exit_code == 0 and "accuracy" in result.output

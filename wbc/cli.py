@@ -49,6 +49,11 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+_tta_option = click.option(
+    "--tta", is_flag=True, help="Average over the 8 flips/rotations of each image (8x slower)."
+)
+
+
 def _data_dir_option(function):
     return click.option(
         "--data-dir",
@@ -187,13 +192,14 @@ def main_job(**options) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the evaluation as an MLflow run.")
 @click.option("--experiment", default="wbc", show_default=True)
+@_tta_option
 @_user_errors
-def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size: int, track: bool, experiment: str) -> None:
+def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size: int, track: bool, experiment: str, tta: bool) -> None:
     """Score MODEL (checkpoint, exported folder or MLflow model URI) on a data split; write the reports."""
     from wbc.evaluation_run import evaluate_model
 
     evaluation, files = evaluate_model(
-        model, data_dir, split, output_dir=output_dir, batch_size=batch_size, track=track, experiment=experiment
+        model, data_dir, split, output_dir=output_dir, batch_size=batch_size, track=track, experiment=experiment, tta=tta
     )
     click.echo(evaluation.summary())
     click.echo("wrote " + ", ".join(str(path) for path in files))
@@ -204,12 +210,13 @@ def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size:
 @click.option("--model", "model", required=True, help="Checkpoint, exported folder or MLflow model URI (models:/wbc-classifier@champion).")
 @click.option("--output", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@_tta_option
 @_user_errors
-def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int) -> None:
+def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool) -> None:
     """Classify image files (or every file in folders); write a CSV and print the differential count."""
     from wbc.predict import differential_count, predict_files
 
-    table = predict_files(paths, model, batch_size=batch_size)
+    table = predict_files(paths, model, batch_size=batch_size, tta=tta)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
     errors = table[table["error"] != ""]

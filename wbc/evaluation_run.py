@@ -21,8 +21,9 @@ def evaluate_model(
     batch_size: int = 64,
     track: bool = True,
     experiment: str = "wbc",
+    tta: bool = False,
 ) -> tuple[Evaluation, list[Path]]:
-    predictor = Predictor.load(model, batch_size=batch_size)
+    predictor = Predictor.load(model, batch_size=batch_size, tta=tta)
     dataset = load_split(data_dir, split, predictor.image_size)
     probabilities = predictor.predict_pixels(dataset.pixels)
     evaluation = Evaluation.from_predictions(dataset.targets, probabilities.argmax(axis=1))
@@ -30,7 +31,9 @@ def evaluate_model(
     if track:
         configure_tracking(experiment)
         with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "evaluate"})):
-            log_params_once({"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset)})
+            log_params_once(
+                {"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset), "tta": tta}
+            )
             mlflow.log_metrics({f"{split}_acc": evaluation.accuracy, f"{split}_f1": evaluation.macro_f1})
             mlflow.log_artifacts(str(output_dir))
     return evaluation, files
