@@ -213,3 +213,14 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     rows = response.json()["predictions"]
     assert rows[0]["label"] in CLASS_NAMES and rows[0]["error"] == ""
     assert pd.isna(rows[1]["label"]) and pd.isna(rows[1]["confidence"]) and "not an image" in rows[1]["error"]
+
+
+def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_path):
+    result = _mlflow_run(tmp_path, "main", f"data_dir={synthetic_data}", "epochs=2", "limit_per_class=2",
+                         f"output_dir={tmp_path / 'outputs'}")
+    assert "is now @champion" in result.stdout
+    client = _client(tmp_path)
+    champion = client.get_model_version_by_alias("wbc-classifier", "champion")
+    run = client.get_run(champion.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.data.params["arch"] == "efficientnet_lite0" and run.data.params["mode"] == "finetune"
