@@ -101,3 +101,23 @@ def test_tta_averages_the_eight_views(model_run, synthetic_data, tmp_path):
     result = invoke("evaluate", model_run.best_checkpoint, "--data-dir", synthetic_data, "--tta", "--no-track",
                     "--output-dir", tmp_path / "tta")
     assert result.exit_code == 0 and "accuracy" in result.output
+
+
+def test_compare_logs_one_study_run_with_a_row_per_model(synthetic_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    result = invoke("compare", "--data-dir", synthetic_data, "--epochs", "2", "--image-size", "32", "--batch-size", "16",
+                    "--limit-per-class", "2", "--models", "scratch:scratch,resnet18:transfer,efficientnet_lite0:finetune")
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("wbc-compare")
+    (study,) = client.search_runs([experiment.experiment_id], filter_string="tags.`wbc.kind` = 'compare'")
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{study.info.run_id}'")
+    assert len(children) == 3
+    assert {"comparison.csv", "comparison.png"} <= {a.path for a in client.list_artifacts(study.info.run_id)}
+    table = pd.read_csv(client.download_artifacts(study.info.run_id, "comparison.csv", str(tmp_path)))
+    assert list(table["arch"]) == ["scratch", "resnet18", "efficientnet_lite0"]
+    statuses = dict(zip(table["arch"], table["status"]))
+    assert statuses["scratch"] == "ok" and statuses["efficientnet_lite0"] == "ok"
+    assert statuses["resnet18"].startswith("not run: no ImageNet weights")
+    done = table[table["status"] == "ok"]
+    assert (done["inference_img_s"] > 0).all() and (done["model_mb"] > 0).all() and (done["total_params"] > 0).all()

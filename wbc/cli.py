@@ -226,6 +226,40 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
     click.echo(f"wrote {len(table)} rows ({len(errors)} unreadable) to {output}")
 
 
+def _parse_study(text: str) -> list[tuple[str, str]]:
+    from wbc.models import MODES, get_spec
+
+    entries = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        arch, _, mode = item.partition(":")
+        if mode not in MODES:
+            raise click.BadParameter(f"{item!r}: expected ARCH:MODE with MODE one of {', '.join(MODES)}", param_hint="--models")
+        entries.append((get_spec(arch).name, mode))
+    return entries
+
+
+@cli.command()
+@_data_dir_option
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(2, 1000), help="Per model (finetune: 1 head + the rest).")
+@click.option("--image-size", default=0, type=click.IntRange(0, 1024), help="0 = each model's own.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--models", "models_text", default="", help="ARCH:MODE list, comma-separated [default: the full study].")
+@click.option("--experiment", default="wbc-compare", show_default=True)
+@click.option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False))
+@_user_errors
+def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_text, experiment, output_dir) -> None:
+    """The course study: scratch CNN, transfer vs fine-tune for ResNet-50, AlexNet, VGG-16, Lite0; one run with the table."""
+    from wbc.compare import STUDY, run_study
+    from wbc.train import TrainConfig
+
+    config = TrainConfig(data_dir=data_dir, epochs=epochs, image_size=image_size or None, batch_size=batch_size,
+                         limit_per_class=limit_per_class, output_dir=output_dir).validate()
+    run_id, table = run_study(config, _parse_study(models_text) or STUDY, experiment=experiment)
+    click.echo(table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    click.echo(f"study run {run_id} (experiment {experiment}): comparison.csv and comparison.png")
+
+
 @cli.command("models")
 def list_architectures() -> None:
     """List the model architectures."""

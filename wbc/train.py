@@ -189,7 +189,10 @@ def train(config: TrainConfig) -> TrainResult | None:
     elif resumed is not None:
         run_context = mlflow.start_run(run_id=resumed.info.run_id)
     else:
-        run_context = mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags))
+        # inside an active run (a study such as `wbc compare`) the training run is its child
+        run_context = mlflow.start_run(
+            tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags), nested=mlflow.active_run() is not None
+        )
     with run_context as run:
         started = time.perf_counter()
         module = WBCClassifierModule(
