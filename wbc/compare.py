@@ -76,18 +76,23 @@ def comparison_figure(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     done = table[table["status"] == "ok"]
-    labels = [f"{a}\n{m}" for a, m in zip(table["arch"], table["mode"])]
+    labels = [f"{a.replace('efficientnet_', '')}\n{m}" for a, m in zip(table["arch"], table["mode"])]
     figure, (accuracy_axis, minutes_axis) = plt.subplots(1, 2, figsize=(14, 5))
-    accuracy_axis.bar(labels, table["valid_acc"].fillna(0) * 100, color=["tab:blue" if s == "ok" else "lightgray" for s in table["status"]])
+    bottom = max(0.0, (done["valid_acc"].min() * 100 - 5) if len(done) else 0.0)
+    accuracy_axis.bar(labels, table["valid_acc"].fillna(0) * 100)
+    for position, status in enumerate(table["status"]):
+        if status != "ok":
+            accuracy_axis.text(position, bottom + 1, "not run" if status.startswith("not run") else "failed",
+                               rotation=90, ha="center", va="bottom", color="gray")
     accuracy_axis.set_ylabel("valid accuracy, %")
-    accuracy_axis.set_ylim(max(0, (done["valid_acc"].min() * 100 - 5) if len(done) else 0), 100)
+    accuracy_axis.set_ylim(bottom, 100)
     accuracy_axis.tick_params(axis="x", labelsize=7)
     minutes_axis.scatter(done["train_minutes"], done["valid_acc"] * 100)
     for _, row in done.iterrows():
-        minutes_axis.annotate(f"{row['arch']} {row['mode']}", (row["train_minutes"], row["valid_acc"] * 100), fontsize=7)
+        minutes_axis.annotate(f"{row['arch'].replace('efficientnet_', '')} {row['mode']}", (row["train_minutes"], row["valid_acc"] * 100), fontsize=7)
     minutes_axis.set_xlabel("train minutes")
     minutes_axis.set_ylabel("valid accuracy, %")
-    figure.suptitle("wbc compare (grey: not run)")
+    figure.suptitle("wbc compare")
     figure.tight_layout()
     return figure
 
