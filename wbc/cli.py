@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from wbc.recipes import MAIN_RECIPE
 from wbc.runtime import tune_malloc_and_reexec
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -70,20 +71,27 @@ def _option(flag: str, **settings):
     return click.option(*names, **settings)
 
 
-def training_options(function):
-    """The options of ``wbc train`` (also used by ``wbc main``)."""
+def training_options(function=None, **defaults):
+    """The options of ``wbc train``; ``wbc main`` uses them with the defaults of :data:`wbc.train.MAIN_RECIPE`."""
+    if function is None:
+        return functools.partial(training_options, **defaults)
+    from wbc.data.datamodule import AUGMENTATIONS
     from wbc.models import MODES, UNFREEZE_CHOICES, list_models
+
+    def default(name, value):
+        return defaults.get(name, value)
 
     options = [
         _data_dir_option,
         _option("--arch", default="efficientnet_lite0", show_default=True, type=click.Choice(list_models())),
         _option("--mode", default="finetune", show_default=True, type=click.Choice(MODES)),
-        _option("--epochs", default=6, show_default=True, type=click.IntRange(1, 1000)),
+        _option("--epochs", default=default("epochs", 6), show_default=True, type=click.IntRange(1, 1000)),
         _option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096)),
         _option("--lr", default=0.0, type=click.FloatRange(0, 10), help="Peak learning rate; 0 = by mode (scratch/transfer 3e-3, finetune 1e-3)."),
         _option("--weight-decay", default=0.02, show_default=True, type=click.FloatRange(0, 10)),
         _option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True)),
-        _option("--image-size", default=0, type=click.IntRange(0, 1024), help="Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0)."),
+        _option("--image-size", default=default("image_size", 0), show_default=bool(default("image_size", 0)), type=click.IntRange(0, 1024), help="Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0)."),
+        _option("--augment", default=default("augment", "standard"), show_default=True, type=click.Choice(AUGMENTATIONS), help="standard: flips, rotations, light colour jitter; robust: + zoom, stain, light, blur, resolution and JPEG shifts."),
         _option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),
         _option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
         _option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
@@ -176,7 +184,7 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 
 
 @cli.command("main")
-@training_options
+@training_options(**MAIN_RECIPE)
 @_user_errors
 def main_job(**options) -> None:
     """The whole job: train (defaults: the documented recipe), report on valid, register the best as champion."""

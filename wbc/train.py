@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
+from wbc.data.datamodule import AUGMENTATIONS
 from wbc.evaluate import Evaluation
 from wbc.inference import Predictor, export_model, load_model
 from wbc.models import MODES, UNFREEZE_CHOICES, count_parameters, get_spec
@@ -59,6 +60,8 @@ class TrainConfig:
     backbone_lr_scale: float = 0.5
     pretrained: bool | None = None
     """Default: pretrained for transfer and finetune, random init for scratch."""
+    augment: str = "standard"
+    """Training augmentation: none, standard (flips, rotations, light colour jitter) or robust (+ lab-to-lab shifts)."""
     seed: int = 0
     max_time: float | None = None
     """Stop training after this many minutes (the best checkpoint so far is kept)."""
@@ -91,6 +94,7 @@ class TrainConfig:
             ("max_time", self.max_time is None or self.max_time > 0, "a positive number of minutes"),
             ("limit_per_class", self.limit_per_class >= 0, "0 (all) or a positive integer"),
             ("num_workers", self.num_workers >= 0, "0 or a positive integer"),
+            ("augment", self.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -216,6 +220,7 @@ def train(config: TrainConfig) -> TrainResult | None:
             limit_per_class=config.limit_per_class,
             skip_bad_images=config.skip_bad_images,
             cache_dir=config.cache_dir,
+            augment=config.augment,
             seed=config.seed,
         )
         datamodule.setup("fit")
@@ -252,6 +257,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
             "warmup_steps": config.warmup_steps,
             "image_size": config.resolved_image_size,
             "label_smoothing": config.label_smoothing,
+            "augment": config.augment,
             "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
             "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
             "backbone_lr_scale": config.backbone_lr_scale,
@@ -273,7 +279,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
 # How to read each resumable setting back from the run's params.
 _RESUMABLE_PARAMS = {
     "arch": str, "mode": str, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
-    "warmup_steps": int, "image_size": int, "label_smoothing": float, "head_epochs": int, "unfreeze": str,
+    "warmup_steps": int, "image_size": int, "label_smoothing": float, "augment": str, "head_epochs": int, "unfreeze": str,
     "backbone_lr_scale": float, "pretrained": lambda v: v == "True", "seed": int,
     "max_time": lambda v: float(v) or None, "limit_per_class": int, "data_dir": str,
 }

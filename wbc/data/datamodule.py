@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 
 from wbc.data.cache import decode_cached, fingerprint_files
 from wbc.data.dataset import BarcelonaDataset
+from wbc.data.shifts import robust_augmentation
 
 
 class RandomRot90(torch.nn.Module):
@@ -28,9 +29,21 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
 
 
-def train_augmentation() -> v2.Compose:
+AUGMENTATIONS = ("none", "standard", "robust")
+
+
+def train_augmentation(kind: str = "standard") -> v2.Compose | None:
+    """Training transforms: ``standard`` = flips, 90-degree rotations and light colour jitter;
+    ``robust`` adds the lab-to-lab shifts of :mod:`wbc.data.shifts` (zoom, stain, light, blur,
+    resolution, JPEG) now and then; ``none`` = no augmentation."""
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    if kind == "none":
+        return None
+    shifts = robust_augmentation() if kind == "robust" else []
     return v2.Compose(
         [
+            *shifts,
             v2.RandomHorizontalFlip(),
             RandomRot90(),
             v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
@@ -110,7 +123,7 @@ class BarcelonaDataModule(pl.LightningDataModule):
         skip_bad_images: leave unreadable training images out with a warning instead of failing.
         cache_dir: where decoded images are stored (default ``$WBC_CACHE_DIR`` or ``~/.cache/wbc``).
         download: fetch and extract the public archive in ``prepare_data`` if missing.
-        augment: flips, 90-degree rotations and light colour jitter on the training split.
+        augment: training-split augmentation, one of :data:`AUGMENTATIONS` (see :func:`train_augmentation`).
     """
 
     def __init__(
@@ -124,7 +137,7 @@ class BarcelonaDataModule(pl.LightningDataModule):
         skip_bad_images: bool = False,
         cache_dir: str | os.PathLike | None = None,
         download: bool = False,
-        augment: bool = True,
+        augment: str = "standard",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -137,6 +150,7 @@ class BarcelonaDataModule(pl.LightningDataModule):
         self.skip_bad_images = skip_bad_images
         self.cache_dir = cache_dir
         self.download = download
+        train_augmentation(augment)  # fail early on an unknown name
         self.augment = augment
         self.seed = seed
         self.datasets: dict[str, DecodedImageDataset] = {}
@@ -160,7 +174,7 @@ class BarcelonaDataModule(pl.LightningDataModule):
                 limit_per_class=self.limit_per_class,
                 cache_dir=self.cache_dir,
                 skip_bad_images=self.skip_bad_images and split == "train",
-                transform=train_augmentation() if (split == "train" and self.augment) else None,
+                transform=train_augmentation(self.augment) if split == "train" else None,
             )
 
     @property
