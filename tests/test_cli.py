@@ -1,7 +1,12 @@
 """The `wbc` command line: predict, evaluate, register and its one-line errors."""
 
+import json
+from pathlib import Path
+
 import mlflow
+import numpy as np
 import pandas as pd
+import torch
 import pytest
 from click.testing import CliRunner
 
@@ -37,12 +42,21 @@ def test_predict_writes_csv_prints_differential_count_and_lists_bad_files(model_
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert len(table) == 8
-    assert list(table.columns) == ["file", "label", "confidence", *[f"prob_{c}" for c in CLASS_NAMES], "error"]
+    assert list(table.columns) == [
+        "file", "label", "confidence", *[f"prob_{c}" for c in CLASS_NAMES],
+        "in_distribution_score", "in_distribution", "review", "error",
+    ]
     bad = table[table["error"] != ""]
     assert sorted(p.rsplit("/", 1)[1] for p in bad["file"]) == ["broken.jpg", "notes.txt"]
     good = table[table["error"] == ""]
     assert set(good["label"]) <= set(CLASS_NAMES) and len(good) == 6
-    assert "cells" in result.output and "percent" in result.output and "(2 unreadable)" in result.output
+    assert "cells" in result.output and "percent" in result.output and "(2 unreadable, " in result.output
+    # cells flagged as unlike the training data are listed, not counted
+    unlike = good[good["in_distribution"].astype(str) == "False"]
+    counted = sum(int(line.split()[1]) for line in result.output.splitlines()[1:9])
+    assert counted == 6 - len(unlike)
+    assert all(f"not counted, unlike the training images" in result.output and name in result.output for name in unlike["file"])
+    assert f"{len(unlike)} out of distribution" in result.output
 
 
 def test_predict_from_checkpoint_matches_export(model_run, synthetic_data, tmp_path):
@@ -51,7 +65,13 @@ def test_predict_from_checkpoint_matches_export(model_run, synthetic_data, tmp_p
     invoke("predict", *files, "--model", model_run.best_checkpoint, "--output", tmp_path / "a.csv")
     invoke("predict", *files, "--model", export_dir, "--output", tmp_path / "b.csv")
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
-    assert a["prob_ig"].to_numpy() == pytest.approx(b["prob_ig"].to_numpy(), abs=1e-6)
+    # the export carries the temperature fitted on valid; the raw checkpoint does not
+    temperature = json.loads(Path(export_dir, "model.json").read_text())["calibration"]["temperature"]
+    raw = a[[f"prob_{c}" for c in CLASS_NAMES]].to_numpy()
+    expected = torch.softmax(torch.from_numpy(np.log(raw)) / temperature, dim=1).numpy()
+    assert b[[f"prob_{c}" for c in CLASS_NAMES]].to_numpy() == pytest.approx(expected, abs=1e-5)
+    assert list(a["label"]) == list(b["label"])
+    assert a["in_distribution"].isna().all() and b["in_distribution"].notna().all()
 
 
 def test_evaluate_writes_reports_and_logs_an_evaluate_run(model_run, synthetic_data, tmp_path):
@@ -121,3 +141,42 @@ def test_compare_logs_one_study_run_with_a_row_per_model(synthetic_data, monkeyp
     assert statuses["resnet18"].startswith("not run: no ImageNet weights")
     done = table[table["status"] == "ok"]
     assert (done["inference_img_s"] > 0).all() and (done["model_mb"] > 0).all() and (done["total_params"] > 0).all()
+
+
+def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, tmp_path):
+    from wbc.shiftbench import SELECTION_METRIC
+
+    config = dict(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16, image_size=32, progress=False)
+    plain = train(TrainConfig(**config))
+    robust = train(TrainConfig(**config, augment="robust", seed=1))
+    client = mlflow.MlflowClient()
+    assert client.get_run(robust.run_id).data.params["augment"] == "robust"
+    metrics = client.get_run(plain.run_id).data.metrics
+    assert 0 < metrics["temperature"] and 0 <= metrics["val_ece_calibrated"] <= 1 and 0 <= metrics["review_fraction"] <= 1
+
+    result = invoke("shiftbench", f"runs:/{plain.run_id}/model", "--data-dir", synthetic_data)
+    assert result.exit_code == 0, result.output
+    (bench,) = client.search_runs([client.get_experiment_by_name("wbc").experiment_id], "tags.`wbc.kind` = 'shiftbench'")
+    table = pd.read_csv(client.download_artifacts(bench.info.run_id, "shiftbench.csv", str(tmp_path)))
+    assert len(table) == 1 + 7 * 3 and table["accuracy"].between(0, 1).all()
+    assert table.loc[0, "accuracy"] == pytest.approx(plain.best_val_acc)
+    assert table.loc[0, "flagged"] <= 0.05
+    trained = client.get_run(plain.run_id).data.metrics
+    assert trained[SELECTION_METRIC] == pytest.approx((trained["val_clean_acc"] + trained["val_shift_acc"]) / 2)
+    assert invoke("shiftbench", f"runs:/{robust.run_id}/model", "--data-dir", synthetic_data).exit_code == 0
+
+    result = invoke("register", "--metric", SELECTION_METRIC)
+    assert result.exit_code == 0, result.output
+    scores = {run: client.get_run(run).data.metrics[SELECTION_METRIC] for run in (plain.run_id, robust.run_id)}
+    champion = client.get_model_version_by_alias("wbc-classifier", "champion")
+    assert champion.run_id == max(scores, key=lambda run: (scores[run], run == plain.run_id))
+
+    # recalibrating logs a newer model in the run; registering again makes a version from it, superseding the old one
+    result = invoke("calibrate", champion.run_id, "--data-dir", synthetic_data, "--target-error", "0.2")
+    assert result.exit_code == 0, result.output and "temperature" in result.output
+    assert invoke("register", "--metric", SELECTION_METRIC).exit_code == 0
+    newest = client.get_model_version_by_alias("wbc-classifier", "champion")
+    assert newest.run_id == champion.run_id and int(newest.version) > int(champion.version)
+    assert client.get_model_version("wbc-classifier", champion.version).tags["superseded_by"] == str(newest.version)
+    served = Path(mlflow.artifacts.download_artifacts(f"models:/wbc-classifier@champion")) / "artifacts" / "model" / "model.json"
+    assert json.loads(served.read_text())["calibration"]["target_error"] == 0.2

@@ -187,9 +187,66 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 @training_options(**MAIN_RECIPE)
 @_user_errors
 def main_job(**options) -> None:
-    """The whole job: train (defaults: the documented recipe), report on valid, register the best as champion."""
-    _train_and_report(dict(options))
-    _register_and_report(f"{options['experiment']},Default", "best_val_f1", "wbc-classifier", "champion")
+    """The whole job: train (the documented recipe), calibrate and report on valid, run the shifted
+    benchmark, register the best on clean + shifted accuracy as champion."""
+    from wbc.shiftbench import SELECTION_METRIC
+
+    result = _train_and_report(dict(options))
+    if result is None:
+        return
+    _shiftbench_and_report(f"runs:/{result.run_id}/model", options["data_dir"], options["experiment"])
+    _register_and_report(f"{options['experiment']},Default", SELECTION_METRIC, "wbc-classifier", "champion")
+
+
+def _shiftbench_and_report(model: str, data_dir: str, experiment: str, seed: int = 0, limit_per_class: int = 0,
+                           tta: bool = False, batch_size: int = 64) -> None:
+    from wbc.inference import Predictor
+    from wbc.shiftbench import log_shiftbench, run_shiftbench
+    from wbc.tracking import configure_tracking
+
+    configure_tracking(experiment)
+    predictor = Predictor.load(model, batch_size=batch_size, tta=tta)
+    result = run_shiftbench(predictor, data_dir, seed=seed, limit_per_class=limit_per_class)
+    run_id = log_shiftbench(result, model, data_dir, experiment, seed, tta)
+    click.echo(result.summary())
+    click.echo(f"shiftbench run {run_id} (experiment {experiment}): shiftbench.csv, shiftbench.png")
+
+
+@cli.command()
+@click.argument("model")
+@_data_dir_option
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0), help="Use at most N validation images per class (0 = all).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--experiment", default="wbc", show_default=True)
+@_tta_option
+@_user_errors
+def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch_size: int, experiment: str, tta: bool) -> None:
+    """Score MODEL on the validation split under seeded lab-to-lab shifts (zoom, blur, JPEG, resolution,
+    stain, light); log the table and chart, and add val_shift_acc / val_robust_acc to its training run."""
+    _shiftbench_and_report(model, data_dir, experiment, seed, limit_per_class, tta, batch_size)
+
+
+@cli.command()
+@click.argument("run_id")
+@_data_dir_option
+@click.option("--target-error", default=0.005, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Error rate allowed among cells not flagged for review (valid).")
+@click.option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of clean validation images the out-of-distribution flag may fire on.")
+@_user_errors
+def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float) -> None:
+    """Fit temperature, review threshold and OOD threshold on valid for training run RUN_ID's model, and
+    log the calibrated model in that run (new trainings are calibrated already)."""
+    from wbc.calibration_run import calibrate_run
+    from wbc.tracking import configure_tracking
+
+    configure_tracking()
+    calibration = calibrate_run(run_id, data_dir, target_error, flag_rate)
+    click.echo(
+        f"temperature {calibration.temperature:.3f}; ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}; "
+        f"review below confidence {calibration.review_threshold:.4f} ({100 * (1 - calibration.accepted_fraction):.1f} % of valid, "
+        f"error among the rest {100 * calibration.accepted_error:.2f} %); OOD threshold {calibration.ood_threshold:.3f}"
+    )
+    click.echo(f"logged the calibrated model in run {run_id}: register it with wbc register")
 
 
 @cli.command()
@@ -222,16 +279,22 @@ def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size:
 @_user_errors
 def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool) -> None:
     """Classify image files (or every file in folders); write a CSV and print the differential count."""
-    from wbc.predict import differential_count, predict_files
+    from wbc.predict import differential_count, out_of_distribution, predict_files
 
     table = predict_files(paths, model, batch_size=batch_size, tta=tta)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
     errors = table[table["error"] != ""]
+    unlike = out_of_distribution(table)
     click.echo(differential_count(table).to_string(index=False))
+    for _, row in unlike.iterrows():
+        click.echo(f"not counted, unlike the training images (in_distribution_score {row['in_distribution_score']:.2f}): {row['file']}")
     for _, row in errors.iterrows():
         click.echo(f"error: {row['error']}", err=True)
-    click.echo(f"wrote {len(table)} rows ({len(errors)} unreadable) to {output}")
+    review = int((table["review"] == True).sum())  # noqa: E712
+    click.echo(
+        f"wrote {len(table)} rows ({len(errors)} unreadable, {len(unlike)} out of distribution, {review} to review) to {output}"
+    )
 
 
 def _parse_study(text: str) -> list[tuple[str, str]]:

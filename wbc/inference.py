@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from wbc.calibration import Calibration, in_distribution_score
 from wbc.checkpointing import atomic_torch_save
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
@@ -32,15 +33,30 @@ class ModelLoadError(ValueError):
     pass
 
 
-def export_model(model: Classifier, image_size: int, directory: str | os.PathLike) -> Path:
-    """Write ``model`` as ``weights.pt`` + ``model.json`` in ``directory``; return the folder."""
+def export_model(
+    model: Classifier, image_size: int, directory: str | os.PathLike, calibration: Calibration | None = None
+) -> Path:
+    """Write ``model`` as ``weights.pt`` + ``model.json`` (with its calibration, if any) in ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     atomic_torch_save(state, directory / EXPORT_WEIGHTS)
     config = {"arch": model.arch, "image_size": image_size, "classes": list(CLASS_NAMES), "format": 1}
-    (directory / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
+    if calibration is not None:
+        config["calibration"] = calibration.to_dict()
+    temporary = directory / (EXPORT_CONFIG + ".tmp")
+    temporary.write_text(json.dumps(config, indent=2))
+    os.replace(temporary, directory / EXPORT_CONFIG)
     return directory
+
+
+def load_calibration(path: str | os.PathLike) -> Calibration | None:
+    """The calibration stored with an exported model folder (None for checkpoints and uncalibrated models)."""
+    config_path = Path(path) / EXPORT_CONFIG
+    if not config_path.is_file():
+        return None
+    values = json.loads(config_path.read_text()).get("calibration")
+    return Calibration.from_dict(values) if values else None
 
 
 def _from_state(arch: str, state: dict, source: Path) -> Classifier:
@@ -81,6 +97,11 @@ class Prediction:
     name: str
     probabilities: np.ndarray | None
     error: str | None = None
+    in_distribution_score: float | None = None
+    in_distribution: bool | None = None
+    """False when the image looks unlike the training data (None: the model has no calibration)."""
+    review: bool | None = None
+    """True when the calibrated confidence is below the model's review threshold (None: no calibration)."""
 
     @property
     def label(self) -> str | None:
@@ -97,38 +118,75 @@ def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
     return rotations + [torch.flip(view, dims=(-1,)) for view in rotations]
 
 
+@dataclass
+class Scores:
+    probabilities: np.ndarray
+    """(N, 8) class probabilities (temperature-scaled when the model is calibrated)."""
+    in_distribution_score: np.ndarray
+    """(N,) negative free energy of the logits (see :mod:`wbc.calibration`)."""
+
+
 class Predictor:
     """Scores images with a :class:`Classifier` at its image size, in batches, in inference mode.
 
-    ``tta=True`` averages the probabilities over the 8 flips/rotations of each image (8x the compute).
+    ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations
+    of each image (8x the compute). With a :class:`Calibration` the probabilities are temperature-scaled
+    and each prediction carries the review and in-distribution flags.
     """
 
-    def __init__(self, model: Classifier, image_size: int, batch_size: int = 64, tta: bool = False) -> None:
+    def __init__(
+        self, model: Classifier, image_size: int, batch_size: int = 64, tta: bool = False, calibration: Calibration | None = None
+    ) -> None:
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.image_size = image_size
         self.batch_size = batch_size
         self.tta = tta
+        self.calibration = calibration
 
     @classmethod
     def load(cls, path: str | os.PathLike, batch_size: int = 64, tta: bool = False) -> "Predictor":
         """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI."""
-        model, image_size = load_model(resolve_model(str(path)))
-        return cls(model, image_size, batch_size, tta)
+        resolved = resolve_model(str(path))
+        model, image_size = load_model(resolved)
+        return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved) if resolved.is_dir() else None)
 
-    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch.contiguous(memory_format=torch.channels_last)).float()
+
+    def _score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         views = dihedral_views(batch) if self.tta else [batch]
-        total = sum(torch.softmax(self.model(view.contiguous(memory_format=torch.channels_last)).float(), dim=1) for view in views)
-        return total / len(views)
+        probabilities, scores = 0, 0
+        for view in views:
+            logits = self._logits(view)
+            probabilities = probabilities + torch.softmax(logits / self.temperature, dim=1)
+            scores = scores + in_distribution_score(logits, self.temperature)
+        return probabilities / len(views), scores / len(views)
+
+    def _batches(self, images):
+        for start in range(0, len(images), self.batch_size):
+            yield torch.from_numpy(np.array(images[start : start + self.batch_size]))
 
     @torch.inference_mode()
+    def score_pixels(self, images: torch.Tensor | np.ndarray) -> Scores:
+        """Probabilities and in-distribution scores for decoded uint8 images (N, 3, S, S)."""
+        results = [self._score(batch) for batch in self._batches(images)]
+        if not results:
+            return Scores(np.zeros((0, len(CLASS_NAMES)), dtype=np.float32), np.zeros(0, dtype=np.float32))
+        return Scores(torch.cat([p for p, _ in results]).numpy(), torch.cat([s for _, s in results]).numpy())
+
     def predict_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """Class probabilities (N, 8) for decoded uint8 images (N, 3, S, S)."""
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            outputs.append(self._probabilities(torch.from_numpy(np.array(images[start : start + self.batch_size]))))
-        if not outputs:
-            return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
-        return torch.cat(outputs).numpy()
+        return self.score_pixels(images).probabilities
+
+    @torch.inference_mode()
+    def logits_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw logits (N, 8), one view per image: what calibration is fitted on."""
+        outputs = [self._logits(batch) for batch in self._batches(images)]
+        return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
 
     def predict_sources(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
         """Decode and score each source; unreadable ones come back with ``error`` set, the rest are scored."""
@@ -142,9 +200,13 @@ class Predictor:
                 predictions.append(Prediction(name, None, str(error)))
         good = [p for p in predictions if p.error is None]
         if good:
-            probabilities = self.predict_pixels(torch.stack(decoded))
-            for prediction, row in zip(good, probabilities):
+            scores = self.score_pixels(torch.stack(decoded))
+            for prediction, row, score in zip(good, scores.probabilities, scores.in_distribution_score):
                 prediction.probabilities = row
+                prediction.in_distribution_score = float(score)
+                if self.calibration is not None:
+                    prediction.in_distribution = bool(score >= self.calibration.ood_threshold)
+                    prediction.review = bool(row.max() < self.calibration.review_threshold)
         return predictions
 
 

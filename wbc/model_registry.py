@@ -66,7 +66,13 @@ def best_training_run(client: MlflowClient, experiment: str, metric: str):
     return runs[0]
 
 
+SUPERSEDED_TAG = "superseded_by"
+
+
 def _version_metric(version, metric: str) -> float | None:
+    """The version's recorded metric; None when unknown or when a newer model of its run replaced it."""
+    if SUPERSEDED_TAG in version.tags:
+        return None
     value = version.tags.get(f"metric.{metric}")
     return float(value) if value is not None else None
 
@@ -124,12 +130,34 @@ def _version_for_run(client: MlflowClient, model_name: str, run_id: str, metric:
             client.create_registered_model(model_name, description="White blood cell classifier (wbc), 8 classes.")
         except MlflowException:
             pass  # created meanwhile by a concurrent registration
-    existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    latest = _latest_model_uri(client, run_id)
+    of_run = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    existing = [version for version in of_run if latest is None or version.source == latest]
     if existing:
-        return existing[0]
-    return mlflow.register_model(
-        f"runs:/{run_id}/model", model_name, tags={f"metric.{metric}": str(value), "metric": metric, "run_id": run_id}
+        # a metric logged after registration (e.g. by wbc shiftbench) is recorded on the version too
+        client.set_model_version_tag(model_name, existing[0].version, f"metric.{metric}", str(value))
+        return client.get_model_version(model_name, existing[0].version)
+    version = mlflow.register_model(
+        latest or f"runs:/{run_id}/model",
+        model_name,
+        tags={f"metric.{metric}": str(value), "metric": metric, "run_id": run_id},
     )
+    for older in of_run:  # the run logged a newer model (wbc calibrate): it replaces the older versions
+        client.set_model_version_tag(model_name, older.version, SUPERSEDED_TAG, str(version.version))
+    return version
+
+
+def _latest_model_uri(client: MlflowClient, run_id: str) -> str | None:
+    """``models:/<id>`` of the newest model named ``model`` logged by the run (a recalibrated one wins)."""
+    run = client.get_run(run_id)
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = 'model'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        max_results=1,
+        output_format="list",
+    )
+    return f"models:/{models[0].model_id}" if models else None
 
 
 def reconcile_alias(client: MlflowClient, model_name: str, alias: str, metric: str) -> str | None:

@@ -12,7 +12,7 @@ from wbc.serving import predictions_frame
 
 
 def predict_files(paths, model: str, batch_size: int = 64, tta: bool = False) -> pd.DataFrame:
-    """One row per file: ``file``, ``label``, ``confidence``, ``prob_<class>``..., ``error``."""
+    """One row per file: ``file`` and :data:`wbc.serving.OUTPUT_COLUMNS`."""
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta)
     files = iter_image_files(paths)
     frames = []
@@ -32,9 +32,14 @@ def display_path(path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def out_of_distribution(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows the model flagged as unlike its training data (left out of the differential count)."""
+    return table[(table["error"] == "") & (table["in_distribution"] == False)]  # noqa: E712 - None means "not flagged"
+
+
 def differential_count(table: pd.DataFrame) -> pd.DataFrame:
-    """Cells and percent per class among the files that could be classified."""
-    labels = table.loc[table["error"] == "", "label"]
+    """Cells and percent per class among the files that could be classified and look like the training data."""
+    labels = table.loc[(table["error"] == "") & (table["in_distribution"] != False), "label"]  # noqa: E712
     counts = labels.value_counts().reindex(CLASS_NAMES, fill_value=0)
     total = int(counts.sum())
     percent = (100.0 * counts / total).round(1) if total else counts * 0.0

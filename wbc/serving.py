@@ -2,8 +2,11 @@
 
 Input: a DataFrame with a string column ``image``, each cell the base64 encoding of a JPEG or
 PNG file (any size). Output, one row per input row (same index): ``label`` (class name),
-``confidence`` (its probability), ``prob_<class>`` for each of the eight classes, and ``error``
-(empty, or why that row could not be scored; its label is then empty). A request in which no
+``confidence`` (its probability), ``prob_<class>`` for each of the eight classes,
+``in_distribution_score`` and ``in_distribution`` (false: the image looks unlike the training data),
+``review`` (true: confidence below the model's review threshold) and ``error`` (empty, or why that
+row could not be scored; its label is then empty). Probabilities are temperature-calibrated and the
+two flags set when the model carries a calibration (:mod:`wbc.calibration`); otherwise the flags are null. A request in which no
 row can be scored is refused with HTTP 400 and the reason.
 
 Preprocessing is :class:`wbc.inference.Predictor`'s, the same as ``wbc evaluate`` and ``wbc predict``.
@@ -31,13 +34,19 @@ from wbc.runtime import tune_malloc_in_process
 
 IMAGE_COLUMN = "image"
 PROBABILITY_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
-OUTPUT_COLUMNS = ["label", "confidence", *PROBABILITY_COLUMNS, "error"]
+FLAG_COLUMNS = ["in_distribution_score", "in_distribution", "review"]
+OUTPUT_COLUMNS = ["label", "confidence", *PROBABILITY_COLUMNS, *FLAG_COLUMNS, "error"]
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
     outputs=Schema(
         [ColSpec("string", "label"), ColSpec("double", "confidence")]
         + [ColSpec("double", column) for column in PROBABILITY_COLUMNS]
-        + [ColSpec("string", "error", required=False)]
+        + [
+            ColSpec("double", "in_distribution_score"),
+            ColSpec("boolean", "in_distribution", required=False),
+            ColSpec("boolean", "review", required=False),
+            ColSpec("string", "error", required=False),
+        ]
     ),
 )
 _RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "pillow", "numpy", "pandas", "mlflow")
@@ -49,7 +58,15 @@ def predictions_frame(predictions: list[Prediction], index=None) -> pd.DataFrame
     for prediction in predictions:
         probabilities = prediction.probabilities if prediction.probabilities is not None else [np.nan] * len(CLASS_NAMES)
         rows.append(
-            [prediction.label, prediction.confidence, *map(float, probabilities), prediction.error or ""]
+            [
+                prediction.label,
+                prediction.confidence,
+                *map(float, probabilities),
+                prediction.in_distribution_score,
+                prediction.in_distribution,
+                prediction.review,
+                prediction.error or "",
+            ]
         )
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS, index=index)
 

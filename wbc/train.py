@@ -15,6 +15,7 @@ import mlflow
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
+from wbc.calibration_run import calibrate, calibration_metrics
 from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
 from wbc.data.datamodule import AUGMENTATIONS
@@ -338,10 +339,11 @@ def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> T
 
     model, image_size = load_model(best_checkpoint)
     valid = datamodule.datasets["valid"]
-    probabilities = Predictor(model, image_size).predict_pixels(valid.pixels)
-    evaluation = Evaluation.from_predictions(valid.targets, probabilities.argmax(axis=1))
+    calibration, logits = calibrate(Predictor(model, image_size), valid)
+    evaluation = Evaluation.from_predictions(valid.targets, logits.argmax(dim=1).numpy())
     mlflow.log_metrics(
         {"best_val_acc": evaluation.accuracy, "best_val_f1": evaluation.macro_f1, "train_minutes": train_minutes}
+        | calibration_metrics(calibration)
     )
     with tempfile.TemporaryDirectory() as scratch_dir:
         evaluation.write(scratch_dir)
@@ -352,7 +354,7 @@ def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> T
     mlflow.log_figure(figure, "training_curves.png")
     plt.close(figure)
     export_dir = Path(best_checkpoint).parent.parent / "model"
-    export_model(model, image_size, export_dir)
+    export_model(model, image_size, export_dir, calibration)
     log_pyfunc_model(export_dir, example_image=valid.paths[0])
     log.info("run %s: valid accuracy %.4f, macro-F1 %.4f", run_id, evaluation.accuracy, evaluation.macro_f1)
     return TrainResult(run_id, best_checkpoint, evaluation.accuracy, evaluation.macro_f1, train_minutes, evaluation)

@@ -1,0 +1,111 @@
+"""Temperature scaling, review threshold, the out-of-distribution flag, and the lab-to-lab shifts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wbc.calibration import (
+    Calibration,
+    expected_calibration_error,
+    fit_calibration,
+    fit_temperature,
+    in_distribution_score,
+    review_threshold,
+)
+from wbc.data.datamodule import train_augmentation
+from wbc.data.shifts import SEVERITIES, SHIFTS, apply_shift, magnify
+from wbc.inference import Predictor, export_model, load_calibration
+from wbc.models import build_model
+
+
+def overconfident_logits(n=4000, temperature=2.5, seed=0):
+    """Logits whose labels are drawn from softmax(logits / temperature): the right temperature is known."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 8, generator=generator) * 4
+    targets = torch.multinomial(torch.softmax(logits / temperature, dim=1), 1, generator=generator).squeeze(1)
+    return logits, targets
+
+
+def test_temperature_is_recovered_and_lowers_calibration_error():
+    logits, targets = overconfident_logits()
+    temperature = fit_temperature(logits, targets)
+    assert temperature == pytest.approx(2.5, rel=0.08)
+    calibration = fit_calibration(logits, targets)
+    assert calibration.temperature == pytest.approx(temperature)
+    assert calibration.ece_after < calibration.ece_before / 3
+    assert calibration.ece_before == pytest.approx(expected_calibration_error(torch.softmax(logits, 1), targets))
+
+
+def test_review_threshold_reaches_the_target_error_and_respects_ties():
+    confidences = np.array([0.99, 0.98, 0.97, 0.90, 0.90, 0.80, 0.60])
+    correct = np.array([True, True, True, True, False, True, False])
+    # accepting down to 0.97 has 0 errors; 0.90 would accept both tied cells (1 error in 5)
+    assert review_threshold(confidences, correct, target_error=0.1) == 0.97
+    assert review_threshold(confidences, correct, target_error=0.2) == 0.80
+    assert review_threshold(confidences, correct, target_error=0.3) == 0.60
+    nothing = review_threshold(np.array([0.9, 0.8]), np.array([False, True]), target_error=0.0)
+    assert nothing > 0.9
+
+
+def test_fitted_flags_hold_their_promises_on_the_fitting_split():
+    logits, targets = overconfident_logits(seed=1)
+    calibration = fit_calibration(logits, targets, target_error=0.05, flag_rate=0.05)
+    scores = in_distribution_score(logits, calibration.temperature)
+    assert (scores < calibration.ood_threshold).float().mean() <= 0.05
+    confidences, predicted = calibration.probabilities(logits).max(dim=1)
+    accepted = confidences >= calibration.review_threshold
+    assert (predicted[accepted] != targets[accepted]).float().mean() <= 0.05
+    assert float(accepted.float().mean()) == pytest.approx(calibration.accepted_fraction)
+    assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
+
+
+def test_calibration_travels_with_the_exported_model(tmp_path):
+    model = build_model("scratch")
+    calibration = Calibration(temperature=2.0, review_threshold=0.6, target_error=0.01, ood_threshold=1.5, flag_rate=0.05)
+    folder = export_model(model, 32, tmp_path / "model", calibration)
+    assert load_calibration(folder) == calibration
+    calibrated = Predictor.load(folder)
+    plain = Predictor(build_model("scratch"), 32)
+    plain.model.load_state_dict(calibrated.model.state_dict())
+    pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    logits = torch.from_numpy(plain.logits_pixels(pixels))
+    scores = calibrated.score_pixels(pixels)
+    assert scores.probabilities == pytest.approx(torch.softmax(logits / 2.0, dim=1).numpy(), abs=1e-5)
+    assert scores.in_distribution_score == pytest.approx(in_distribution_score(logits, 2.0).numpy(), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SHIFTS))
+def test_each_shift_is_seeded_keeps_the_format_and_grows_with_severity(name):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8, generator=generator)
+    images[:, :, 16:32, 16:32] = 40  # a dark "cell" in the middle
+    changes = []
+    for severity in SEVERITIES:
+        shifted = apply_shift(images, name, severity, seed=7)
+        assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+        assert torch.equal(shifted, apply_shift(images, name, severity, seed=7))
+        changes.append(float((shifted.float() - images.float()).abs().mean()))
+    assert changes[0] > 0
+    if name not in ("stain", "brightness", "zoom_out"):  # random directions / padding can saturate
+        assert changes[-1] >= changes[0]
+
+
+def test_zoom_out_pads_with_the_background_colour():
+    image = torch.full((3, 40, 40), 200, dtype=torch.uint8)
+    image[:, 15:25, 15:25] = 30
+    smaller = magnify(image, 0.5)
+    assert torch.all(smaller[:, :8, :] == 200)
+    assert int(smaller[:, 18:22, 18:22].float().mean()) < 100
+
+
+def test_robust_augmentation_runs_at_small_sizes():
+    augment = train_augmentation("robust")
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
+    outputs = [augment(image) for _ in range(30)]
+    assert all(o.shape == image.shape and o.dtype == torch.uint8 for o in outputs)
+    assert len({o.sum().item() for o in outputs}) > 10
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        train_augmentation("strong")

@@ -1,0 +1,129 @@
+"""Calibrated confidence, review flags and the out-of-distribution flag, fitted on the validation split.
+
+- **Temperature scaling** (Guo et al. 2017): one scalar ``T`` divides the logits; fitted by
+  minimising the negative log-likelihood on valid. It changes confidences, never the predicted class.
+- **Review threshold**: the lowest calibrated confidence at which the cells accepted on valid (those
+  at or above it) have an error rate of at most ``target_error``; cells below it are flagged ``review``.
+- **In-distribution score**: the negative free energy ``T * logsumexp(logits / T)`` (Liu et al. 2020,
+  "Energy-based out-of-distribution detection"): high when the network recognises the image, low when
+  nothing in it looks like any class. The flag threshold is the ``flag_rate`` quantile of the clean
+  validation scores, so that at most that share of clean validation images is flagged.
+
+The fitted numbers travel with the exported model (``model.json``, key ``calibration``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+DEFAULT_TARGET_ERROR = 0.005
+DEFAULT_FLAG_RATE = 0.05
+ECE_BINS = 15
+
+
+@dataclass
+class Calibration:
+    temperature: float
+    review_threshold: float
+    target_error: float
+    ood_threshold: float
+    flag_rate: float
+    ood_method: str = "energy"
+    # measured on the split it was fitted on, for the record
+    ece_before: float | None = None
+    ece_after: float | None = None
+    accepted_fraction: float | None = None
+    accepted_error: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Calibration":
+        known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        return cls(**known)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float() / self.temperature, dim=1)
+
+    def in_distribution_score(self, logits: torch.Tensor) -> torch.Tensor:
+        return in_distribution_score(logits, self.temperature)
+
+
+def in_distribution_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative free energy per row; higher = more like the training data."""
+    return temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature that minimises the validation NLL (optimised in log space, so it stays positive)."""
+    log_temperature = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    logits = logits.float().detach()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_temperature.exp(), targets)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return float(log_temperature.detach().exp())
+
+
+def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-label ECE with 15 equal-width bins (torchmetrics)."""
+    return float(
+        multiclass_calibration_error(probabilities, targets, num_classes=probabilities.shape[1], n_bins=ECE_BINS, norm="l1")
+    )
+
+
+def review_threshold(confidences: np.ndarray, correct: np.ndarray, target_error: float) -> float:
+    """The lowest confidence threshold whose accepted cells (confidence >= it) err at most ``target_error``.
+
+    Returns a value above every confidence (everything goes to review) when no threshold reaches it.
+    """
+    order = np.argsort(-confidences, kind="stable")
+    ranked = confidences[order]
+    error_rate = np.cumsum(~correct[order]) / np.arange(1, len(order) + 1)
+    # a threshold accepts every cell of equal confidence, so only the end of a run of ties can be cut
+    ends_tie = np.append(ranked[:-1] > ranked[1:], True)
+    ok = np.flatnonzero((error_rate <= target_error) & ends_tie)
+    if len(ok) == 0:
+        return float(np.nextafter(ranked[0], np.inf))
+    return float(ranked[ok[-1]])
+
+
+def fit_calibration(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    target_error: float = DEFAULT_TARGET_ERROR,
+    flag_rate: float = DEFAULT_FLAG_RATE,
+) -> Calibration:
+    """Fit temperature, review threshold and the out-of-distribution threshold on one labelled split."""
+    logits = torch.as_tensor(logits).float()
+    targets = torch.as_tensor(targets).long()
+    temperature = fit_temperature(logits, targets)
+    before = torch.softmax(logits, dim=1)
+    after = torch.softmax(logits / temperature, dim=1)
+    confidences, predicted = after.max(dim=1)
+    correct = (predicted == targets).numpy()
+    threshold = review_threshold(confidences.numpy(), correct, target_error)
+    accepted = confidences.numpy() >= threshold
+    scores = in_distribution_score(logits, temperature).numpy()
+    return Calibration(
+        temperature=temperature,
+        review_threshold=threshold,
+        target_error=target_error,
+        ood_threshold=float(np.quantile(scores, flag_rate, method="lower")),
+        flag_rate=flag_rate,
+        ece_before=expected_calibration_error(before, targets),
+        ece_after=expected_calibration_error(after, targets),
+        accepted_fraction=float(accepted.mean()),
+        accepted_error=float((~correct[accepted]).mean()) if accepted.any() else 0.0,
+    )
