@@ -331,6 +331,24 @@ def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_te
     click.echo(f"study run {run_id} (experiment {experiment}): comparison.csv and comparison.png")
 
 
+@cli.command()
+@click.option("--model", "model", default="models:/wbc-classifier@champion", show_default=True, help="MLflow model URI, exported folder or checkpoint.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@_user_errors
+def app(model: str, host: str, port: int) -> None:
+    """Start the web page: upload cell images or a zip, see labels, confidence, Grad-CAM, flags, the differential count."""
+    import uvicorn
+
+    from wbc.app import create_app
+    from wbc.tracking import configure_tracking
+
+    configure_tracking()
+    web_app = create_app(model)
+    click.echo(f"wbc app: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl+C stops it)")
+    uvicorn.run(web_app, host=host, port=port, log_level="warning")
+
+
 @cli.command("models")
 def list_architectures() -> None:
     """List the model architectures."""

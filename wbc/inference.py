@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -102,6 +102,8 @@ class Prediction:
     """False when the image looks unlike the training data (None: the model has no calibration)."""
     review: bool | None = None
     """True when the calibrated confidence is below the model's review threshold (None: no calibration)."""
+    pixels: torch.Tensor | None = field(default=None, repr=False)
+    """The decoded image (3, S, S) uint8, when asked for (``keep_pixels``)."""
 
     @property
     def label(self) -> str | None:
@@ -188,7 +190,9 @@ class Predictor:
         outputs = [self._logits(batch) for batch in self._batches(images)]
         return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
 
-    def predict_sources(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
+    def predict_sources(
+        self, sources: Sequence[ImageSource], names: Sequence[str] | None = None, keep_pixels: bool = False
+    ) -> list[Prediction]:
         """Decode and score each source; unreadable ones come back with ``error`` set, the rest are scored."""
         names = list(names) if names is not None else [str(s) if not isinstance(s, bytes) else f"#{i}" for i, s in enumerate(sources)]
         decoded, predictions = [], []
@@ -201,8 +205,10 @@ class Predictor:
         good = [p for p in predictions if p.error is None]
         if good:
             scores = self.score_pixels(torch.stack(decoded))
-            for prediction, row, score in zip(good, scores.probabilities, scores.in_distribution_score):
+            for prediction, row, score, pixels in zip(good, scores.probabilities, scores.in_distribution_score, decoded):
                 prediction.probabilities = row
+                if keep_pixels:
+                    prediction.pixels = pixels
                 prediction.in_distribution_score = float(score)
                 if self.calibration is not None:
                     prediction.in_distribution = bool(score >= self.calibration.ood_threshold)

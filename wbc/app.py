@@ -1,0 +1,215 @@
+"""``wbc app``: a web page where a lab uploads cell images (or a zip of them) and gets, for each cell,
+the class, calibrated confidence, top-3 classes, a Grad-CAM heatmap and review / out-of-distribution
+flags, plus the differential count of the batch (table, bar chart, CSV).
+
+FastAPI serves one static page (``wbc/webapp/index.html``) and a JSON API:
+``GET /api/model`` (what is loaded and what the flags mean) and ``POST /api/classify`` (multipart
+``files``). Unreadable uploads come back as per-file errors; a request with nothing to score gets a
+400 with the reason. The server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse
+
+from wbc.classes import CLASS_NAMES
+from wbc.data.images import MAX_IMAGE_BYTES
+from wbc.explain import GradCam, image_png, overlay_png
+from wbc.inference import Prediction, Predictor
+from wbc.predict import display_path
+
+PAGE = Path(__file__).with_name("webapp") / "index.html"
+MAX_FILES = 500
+"""Cells per request; more are refused with a message (split the batch)."""
+MAX_ZIP_BYTES = 256 * 1024 * 1024
+HEATMAP_LIMIT = 200
+"""Grad-CAM costs a backward pass per cell; cells past this many in one request get none."""
+TOP_K = 3
+
+
+class UploadError(ValueError):
+    pass
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _read_limited(upload: UploadFile, limit: int) -> bytes:
+    data = upload.file.read(limit + 1)
+    return data
+
+
+def expand_uploads(uploads: list[UploadFile]) -> list[tuple[str, bytes | str]]:
+    """(name, file bytes or an error message) per cell: plain files as they are, zip archives opened."""
+    cells: list[tuple[str, bytes | str]] = []
+    for upload in uploads:
+        name = upload.filename or "upload"
+        head = upload.file.read(4)
+        upload.file.seek(0)
+        if head == b"PK\x03\x04" or name.lower().endswith(".zip"):
+            cells += _expand_zip(name, _read_limited(upload, MAX_ZIP_BYTES))
+            continue
+        data = _read_limited(upload, MAX_IMAGE_BYTES)
+        if len(data) > MAX_IMAGE_BYTES:
+            cells.append((name, f"{name}: file is over the {MAX_IMAGE_BYTES // (1024 * 1024)} MB limit"))
+        else:
+            cells.append((name, data))
+        if len(cells) > MAX_FILES:
+            break
+    if len(cells) > MAX_FILES:
+        raise UploadError(f"more than {MAX_FILES} images in one upload: send them in smaller batches")
+    return cells
+
+
+def _expand_zip(name: str, data: bytes) -> list[tuple[str, bytes | str]]:
+    if len(data) > MAX_ZIP_BYTES:
+        return [(name, f"{name}: zip file is over the {MAX_ZIP_BYTES // (1024 * 1024)} MB limit")]
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        return [(name, f"{name}: not a readable zip archive")]
+    members = [
+        info for info in archive.infolist()
+        if not info.is_dir() and not Path(info.filename).name.startswith(".") and "__MACOSX" not in info.filename
+    ]
+    if len(members) > MAX_FILES:
+        raise UploadError(f"{name}: {len(members)} files, more than {MAX_FILES}: send them in smaller batches")
+    cells: list[tuple[str, bytes | str]] = []
+    for info in members:
+        member = f"{name}/{info.filename}"
+        if info.file_size > MAX_IMAGE_BYTES:
+            cells.append((member, f"{member}: file is over the {MAX_IMAGE_BYTES // (1024 * 1024)} MB limit"))
+            continue
+        try:
+            with archive.open(info) as handle:
+                cells.append((member, handle.read(MAX_IMAGE_BYTES + 1)))
+        except (zipfile.BadZipFile, RuntimeError, OSError, EOFError) as error:  # corrupt member, encrypted
+            cells.append((member, f"{member}: cannot be read from the zip ({error})"))
+    return cells
+
+
+class CellClassifier:
+    """Scores uploads with a :class:`Predictor` and explains each prediction with Grad-CAM."""
+
+    def __init__(self, predictor: Predictor, model_uri: str) -> None:
+        self.predictor = predictor
+        self.model_uri = model_uri
+        self.gradcam = GradCam(predictor.model)
+
+    def describe(self) -> dict:
+        calibration = self.predictor.calibration
+        info = {
+            "model": self.model_uri,
+            "arch": self.predictor.model.arch,
+            "image_size": self.predictor.image_size,
+            "classes": list(CLASS_NAMES),
+            "calibrated": calibration is not None,
+        }
+        if calibration is not None:
+            info.update(
+                temperature=calibration.temperature,
+                review_threshold=calibration.review_threshold,
+                target_error=calibration.target_error,
+                review_fraction=None if calibration.accepted_fraction is None else 1 - calibration.accepted_fraction,
+                accepted_error=calibration.accepted_error,
+                ood_threshold=calibration.ood_threshold,
+                flag_rate=calibration.flag_rate,
+            )
+        return info
+
+    def classify(self, cells: list[tuple[str, bytes | str]]) -> dict:
+        sources = [(name, item) for name, item in cells if isinstance(item, bytes)]
+        scored = iter(self.predictor.predict_sources([item for _, item in sources], [name for name, _ in sources], keep_pixels=True))
+        predictions = [next(scored) if isinstance(item, bytes) else Prediction(name, None, item) for name, item in cells]
+        good = [p for p in predictions if p.error is None]
+        if not good:
+            reasons = "; ".join(p.error for p in predictions[:5]) or "no files were uploaded"
+            raise UploadError(f"nothing could be classified: {reasons}")
+        heatmaps = self._heatmaps(good[:HEATMAP_LIMIT])
+        rows = [self._row(index, p, heatmaps.get(id(p))) for index, p in enumerate(predictions)]
+        # what needs a person first: unreadable, out of distribution, review; then the rest in upload order
+        rows.sort(key=lambda row: (not row["error"], row["in_distribution"] is not False, row["review"] is not True, row["index"]))
+        return {"cells": rows, "counts": differential_count(rows), "model": self.describe()}
+
+    def _heatmaps(self, predictions: list[Prediction]) -> dict[int, str]:
+        if not predictions:
+            return {}
+        maps = {}
+        for start in range(0, len(predictions), 32):
+            chunk = predictions[start : start + 32]
+            images = torch.stack([p.pixels for p in chunk])
+            targets = torch.tensor([int(p.probabilities.argmax()) for p in chunk])
+            for prediction, image, heatmap in zip(chunk, images, self.gradcam.heatmaps(images, targets)):
+                maps[id(prediction)] = _data_url(overlay_png(image, heatmap))
+        return maps
+
+    def _row(self, index: int, prediction: Prediction, heatmap: str | None) -> dict:
+        row = {
+            "index": index,
+            "name": display_path(prediction.name),
+            "label": prediction.label,
+            "confidence": prediction.confidence,
+            "top": [],
+            "review": prediction.review,
+            "in_distribution": prediction.in_distribution,
+            "in_distribution_score": prediction.in_distribution_score,
+            "error": prediction.error or "",
+            "image": None,
+            "heatmap": heatmap,
+        }
+        if prediction.probabilities is not None:
+            order = prediction.probabilities.argsort()[::-1][:TOP_K]
+            row["top"] = [{"class": CLASS_NAMES[i], "probability": float(prediction.probabilities[i])} for i in order]
+            row["image"] = _data_url(image_png(prediction.pixels))
+        return row
+
+
+def differential_count(rows: list[dict]) -> dict:
+    """Cells per class among readable, in-distribution cells; the others listed by name."""
+    counted = [row for row in rows if not row["error"] and row["in_distribution"] is not False]
+    total = len(counted)
+    table = []
+    for name in CLASS_NAMES:
+        cells = sum(row["label"] == name for row in counted)
+        table.append({"class": name, "cells": cells, "percent": round(100 * cells / total, 1) if total else 0.0})
+    return {
+        "table": table,
+        "total": total,
+        "review": sum(row["review"] is True for row in counted),
+        "excluded_out_of_distribution": [row["name"] for row in rows if not row["error"] and row["in_distribution"] is False],
+        "unreadable": [row["name"] for row in rows if row["error"]],
+    }
+
+
+def create_app(model_uri: str, batch_size: int = 64) -> FastAPI:
+    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size), model_uri)
+    app = FastAPI(title="wbc", description="White blood cell classification", version="1")
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/api/model")
+    def model_info() -> dict:
+        return classifier.describe()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/api/classify")
+    def classify(files: list[UploadFile] = File(default=[])) -> dict:
+        try:
+            return classifier.classify(expand_uploads(files))
+        except UploadError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from None
+
+    return app
