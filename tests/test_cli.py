@@ -169,14 +169,23 @@ def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, 
     assert result.exit_code == 0, result.output
     scores = {run: client.get_run(run).data.metrics[SELECTION_METRIC] for run in (plain.run_id, robust.run_id)}
     champion = client.get_model_version_by_alias("wbc-classifier", "champion")
-    assert champion.run_id == max(scores, key=lambda run: (scores[run], run == plain.run_id))
+    assert scores[champion.run_id] == max(scores.values())
 
     # recalibrating logs a newer model in the run; registering again makes a version from it, superseding the old one
     result = invoke("calibrate", champion.run_id, "--data-dir", synthetic_data, "--target-error", "0.2")
-    assert result.exit_code == 0, result.output and "temperature" in result.output
+    assert result.exit_code == 0, result.output
+    assert "temperature" in result.output and "ECE" in result.output
     assert invoke("register", "--metric", SELECTION_METRIC).exit_code == 0
     newest = client.get_model_version_by_alias("wbc-classifier", "champion")
     assert newest.run_id == champion.run_id and int(newest.version) > int(champion.version)
     assert client.get_model_version("wbc-classifier", champion.version).tags["superseded_by"] == str(newest.version)
     served = Path(mlflow.artifacts.download_artifacts(f"models:/wbc-classifier@champion")) / "artifacts" / "model" / "model.json"
     assert json.loads(served.read_text())["calibration"]["target_error"] == 0.2
+
+
+def test_the_command_line_and_the_registry_agree_on_the_selection_metric():
+    from wbc.cli import DEFAULT_SELECTION_METRIC
+    from wbc.model_registry import DEFAULT_METRIC
+    from wbc.shiftbench import SELECTION_METRIC
+
+    assert DEFAULT_SELECTION_METRIC == DEFAULT_METRIC == SELECTION_METRIC

@@ -89,11 +89,11 @@ def test_register_keeps_the_better_model_as_champion(project):
     champion = client.get_model_version_by_alias("wbc-classifier", "champion")
     challenger = client.get_model_version_by_alias("wbc-classifier", "challenger") if "challenger" in registered.stdout else None
     run = client.get_run(champion.run_id)
-    assert champion.tags["metric"] == "best_val_f1"
-    assert float(champion.tags["metric.best_val_f1"]) == pytest.approx(run.data.metrics["best_val_f1"])
+    assert champion.tags["metric"] == "val_robust_acc"
+    assert float(champion.tags["metric.val_robust_acc"]) == pytest.approx(run.data.metrics["val_robust_acc"])
     assert run.data.params["epochs"] == "4"
     if challenger is not None:
-        assert float(challenger.tags["metric.best_val_f1"]) <= float(champion.tags["metric.best_val_f1"])
+        assert float(challenger.tags["metric.val_robust_acc"]) <= float(champion.tags["metric.val_robust_acc"])
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/wbc-classifier@champion")
@@ -224,3 +224,10 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "main"
     assert run.data.params["arch"] == "efficientnet_lite0" and run.data.params["mode"] == "finetune"
+    assert run.data.params["augment"] == "robust" and run.data.params["image_size"] == "160"
+    # the champion is chosen on the mean of clean and shifted validation accuracy, which the shifted benchmark added
+    metrics = run.data.metrics
+    assert metrics["val_robust_acc"] == pytest.approx((metrics["val_clean_acc"] + metrics["val_shift_acc"]) / 2)
+    assert champion.tags["metric"] == "val_robust_acc"
+    assert "shiftbench run" in result.stdout
+    assert {"shiftbench.csv", "shiftbench.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -7,8 +7,14 @@ import sys
 import mlflow
 import pytest
 
-from wbc.model_registry import RegistryError, reconcile_alias, register_best
+from wbc.model_registry import RegistryError, reconcile_alias
+from wbc.model_registry import register_best as register_by_metric
 from wbc.train import TrainConfig, train
+
+
+def register_best(**settings):
+    """The registry's rules do not depend on the metric; these tests order runs by macro-F1."""
+    return register_by_metric(metric="best_val_f1", **settings)
 
 
 def _train(data_root, **overrides):
@@ -87,7 +93,7 @@ def test_concurrent_register_commands_keep_the_better_champion(synthetic_data, t
     for round_index in range(3):
         name = f"race-{round_index}"
         commands = [
-            [sys.executable, "-m", "wbc", "register", "--experiment", experiment, "--model-name", name]
+            [sys.executable, "-m", "wbc", "register", "--experiment", experiment, "--model-name", name, "--metric", "best_val_f1"]
             for experiment in (("weak", "wbc") if round_index % 2 else ("wbc", "weak"))
         ]
         processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]

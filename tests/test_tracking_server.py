@@ -95,7 +95,7 @@ def test_two_trainings_at_once_then_register_and_load_through_the_server(trackin
         assert {"confusion_matrix.png", "classification_report.json"} <= artifacts
     assert any((workdir / "artifacts").rglob("weights.pt")), "artifacts are stored by the server"
 
-    registered = subprocess.run([sys.executable, "-m", "wbc", "register", "--experiment", "team"], env=env,
+    registered = subprocess.run([sys.executable, "-m", "wbc", "register", "--experiment", "team", "--metric", "best_val_f1"], env=env,
                                 capture_output=True, text=True, timeout=300)
     assert registered.returncode == 0, registered.stdout + registered.stderr
     best = max(runs, key=lambda r: r.data.metrics["best_val_f1"])

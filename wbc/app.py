@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import zipfile
 from pathlib import Path
 
@@ -29,6 +30,8 @@ PAGE = Path(__file__).with_name("webapp") / "index.html"
 MAX_FILES = 500
 """Cells per request; more are refused with a message (split the batch)."""
 MAX_ZIP_BYTES = 256 * 1024 * 1024
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+"""Decompressed bytes per request, all files and zip members together (a zip bomb stops here)."""
 HEATMAP_LIMIT = 200
 """Grad-CAM costs a backward pass per cell; cells past this many in one request get none."""
 TOP_K = 3
@@ -42,57 +45,78 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    data = upload.file.read(limit + 1)
-    return data
+class _Budget:
+    """What one request may still read, in files and in decompressed bytes."""
+
+    def __init__(self) -> None:
+        self.files = MAX_FILES
+        self.bytes = MAX_UPLOAD_BYTES
+
+    def take(self, name: str, size: int) -> None:
+        self.files -= 1
+        self.bytes -= size
+        if self.files < 0:
+            raise UploadError(f"more than {MAX_FILES} images in one upload: send them in smaller batches")
+        if self.bytes < 0:
+            raise UploadError(f"{name}: the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB once unpacked: send smaller batches")
+
+
+def _too_big(name: str) -> str:
+    return f"{name}: file is over the {MAX_IMAGE_BYTES // (1024 * 1024)} MB limit"
 
 
 def expand_uploads(uploads: list[UploadFile]) -> list[tuple[str, bytes | str]]:
-    """(name, file bytes or an error message) per cell: plain files as they are, zip archives opened."""
+    """(name, file bytes or an error message) per cell: plain files as they are, zip archives opened.
+
+    Raises :class:`UploadError` when the request holds more than :data:`MAX_FILES` images or more than
+    :data:`MAX_UPLOAD_BYTES` once unpacked.
+    """
+    budget = _Budget()
     cells: list[tuple[str, bytes | str]] = []
     for upload in uploads:
         name = upload.filename or "upload"
         head = upload.file.read(4)
         upload.file.seek(0)
         if head == b"PK\x03\x04" or name.lower().endswith(".zip"):
-            cells += _expand_zip(name, _read_limited(upload, MAX_ZIP_BYTES))
+            data = upload.file.read(MAX_ZIP_BYTES + 1)
+            if len(data) > MAX_ZIP_BYTES:
+                budget.take(name, 0)
+                cells.append((name, f"{name}: zip file is over the {MAX_ZIP_BYTES // (1024 * 1024)} MB limit"))
+            else:
+                cells += _expand_zip(name, data, budget)
             continue
-        data = _read_limited(upload, MAX_IMAGE_BYTES)
-        if len(data) > MAX_IMAGE_BYTES:
-            cells.append((name, f"{name}: file is over the {MAX_IMAGE_BYTES // (1024 * 1024)} MB limit"))
-        else:
-            cells.append((name, data))
-        if len(cells) > MAX_FILES:
-            break
-    if len(cells) > MAX_FILES:
-        raise UploadError(f"more than {MAX_FILES} images in one upload: send them in smaller batches")
+        data = upload.file.read(MAX_IMAGE_BYTES + 1)
+        budget.take(name, min(len(data), MAX_IMAGE_BYTES))
+        cells.append((name, _too_big(name) if len(data) > MAX_IMAGE_BYTES else data))
     return cells
 
 
-def _expand_zip(name: str, data: bytes) -> list[tuple[str, bytes | str]]:
-    if len(data) > MAX_ZIP_BYTES:
-        return [(name, f"{name}: zip file is over the {MAX_ZIP_BYTES // (1024 * 1024)} MB limit")]
+def _expand_zip(name: str, data: bytes, budget: _Budget) -> list[tuple[str, bytes | str]]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+        members = [
+            info for info in archive.infolist()
+            if not info.is_dir() and not Path(info.filename).name.startswith(".") and "__MACOSX" not in info.filename
+        ]
+    except (zipfile.BadZipFile, ValueError, OSError):
+        budget.take(name, 0)
         return [(name, f"{name}: not a readable zip archive")]
-    members = [
-        info for info in archive.infolist()
-        if not info.is_dir() and not Path(info.filename).name.startswith(".") and "__MACOSX" not in info.filename
-    ]
-    if len(members) > MAX_FILES:
-        raise UploadError(f"{name}: {len(members)} files, more than {MAX_FILES}: send them in smaller batches")
     cells: list[tuple[str, bytes | str]] = []
     for info in members:
         member = f"{name}/{info.filename}"
         if info.file_size > MAX_IMAGE_BYTES:
-            cells.append((member, f"{member}: file is over the {MAX_IMAGE_BYTES // (1024 * 1024)} MB limit"))
+            budget.take(member, 0)
+            cells.append((member, _too_big(member)))
             continue
         try:
             with archive.open(info) as handle:
-                cells.append((member, handle.read(MAX_IMAGE_BYTES + 1)))
-        except (zipfile.BadZipFile, RuntimeError, OSError, EOFError) as error:  # corrupt member, encrypted
-            cells.append((member, f"{member}: cannot be read from the zip ({error})"))
+                content = handle.read(MAX_IMAGE_BYTES + 1)  # the header's size can lie; the read is capped
+        except Exception as error:  # noqa: BLE001 - corrupt or encrypted members: zlib, lzma, bz2, zipfile errors
+            budget.take(member, 0)
+            cells.append((member, f"{member}: cannot be read from the zip ({type(error).__name__})"))
+            continue
+        budget.take(member, len(content))
+        cells.append((member, _too_big(member) if len(content) > MAX_IMAGE_BYTES else content))
     return cells
 
 
@@ -103,6 +127,8 @@ class CellClassifier:
         self.predictor = predictor
         self.model_uri = model_uri
         self.gradcam = GradCam(predictor.model)
+        # Grad-CAM hooks the shared model while it runs: one request at a time uses it
+        self.lock = threading.Lock()
 
     def describe(self) -> dict:
         calibration = self.predictor.calibration
@@ -208,7 +234,9 @@ def create_app(model_uri: str, batch_size: int = 64) -> FastAPI:
     @app.post("/api/classify")
     def classify(files: list[UploadFile] = File(default=[])) -> dict:
         try:
-            return classifier.classify(expand_uploads(files))
+            cells = expand_uploads(files)
+            with classifier.lock:
+                return classifier.classify(cells)
         except UploadError as error:
             raise HTTPException(status_code=400, detail=str(error)) from None
 

@@ -88,6 +88,8 @@ def review_threshold(confidences: np.ndarray, correct: np.ndarray, target_error:
 
     Returns a value above every confidence (everything goes to review) when no threshold reaches it.
     """
+    if len(confidences) == 0:
+        raise ValueError("cannot choose a review threshold without any scored cells")
     order = np.argsort(-confidences, kind="stable")
     ranked = confidences[order]
     error_rate = np.cumsum(~correct[order]) / np.arange(1, len(order) + 1)
@@ -125,5 +127,5 @@ def fit_calibration(
         ece_before=expected_calibration_error(before, targets),
         ece_after=expected_calibration_error(after, targets),
         accepted_fraction=float(accepted.mean()),
-        accepted_error=float((~correct[accepted]).mean()) if accepted.any() else 0.0,
+        accepted_error=float((~correct[accepted]).mean()) if accepted.any() else None,
     )

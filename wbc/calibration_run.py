@@ -27,7 +27,7 @@ def calibrate(
 
 def calibration_metrics(calibration: Calibration) -> dict[str, float]:
     """What the run records about its calibration (validation split)."""
-    return {
+    metrics = {
         "val_ece": calibration.ece_before,
         "val_ece_calibrated": calibration.ece_after,
         "temperature": calibration.temperature,
@@ -36,6 +36,7 @@ def calibration_metrics(calibration: Calibration) -> dict[str, float]:
         "accepted_error": calibration.accepted_error,
         "ood_threshold": calibration.ood_threshold,
     }
+    return {name: value for name, value in metrics.items() if value is not None}
 
 
 def calibrate_run(

@@ -133,7 +133,8 @@ class Predictor:
 
     ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations
     of each image (8x the compute). With a :class:`Calibration` the probabilities are temperature-scaled
-    and each prediction carries the review and in-distribution flags.
+    and each prediction carries the review and in-distribution flags (not with ``tta``: the thresholds
+    were fitted on single views).
     """
 
     def __init__(
@@ -210,7 +211,7 @@ class Predictor:
                 if keep_pixels:
                     prediction.pixels = pixels
                 prediction.in_distribution_score = float(score)
-                if self.calibration is not None:
+                if self.calibration is not None and not self.tta:  # thresholds were fitted on single views
                     prediction.in_distribution = bool(score >= self.calibration.ood_threshold)
                     prediction.review = bool(row.max() < self.calibration.review_threshold)
         return predictions

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "wbc-classifier"
 DEFAULT_ALIAS = "champion"
-DEFAULT_METRIC = "best_val_f1"
+DEFAULT_METRIC = "val_robust_acc"
+"""Mean of clean and shifted validation accuracy (:mod:`wbc.shiftbench`), logged by every training run."""
 DEFAULT_SEARCH_EXPERIMENTS = f"{DEFAULT_EXPERIMENT},Default"
 """Where ``register`` looks: ``mlflow run`` without ``--experiment-name`` logs to ``Default``."""
 
@@ -62,6 +63,8 @@ def best_training_run(client: MlflowClient, experiment: str, metric: str):
     if not runs:
         raise RegistryError(
             f"no finished training run with metric {metric!r} in experiment {experiment!r}: train a model first"
+            + (" (training runs log it unless --no-shiftbench; for an older run: wbc shiftbench runs:/<run id>/model)"
+               if metric == DEFAULT_METRIC else "")
         )
     return runs[0]
 
@@ -136,6 +139,7 @@ def _version_for_run(client: MlflowClient, model_name: str, run_id: str, metric:
     if existing:
         # a metric logged after registration (e.g. by wbc shiftbench) is recorded on the version too
         client.set_model_version_tag(model_name, existing[0].version, f"metric.{metric}", str(value))
+        client.set_model_version_tag(model_name, existing[0].version, "metric", metric)
         return client.get_model_version(model_name, existing[0].version)
     version = mlflow.register_model(
         latest or f"runs:/{run_id}/model",

@@ -157,30 +157,41 @@ def source_run_id(model: str) -> str | None:
     return client.get_model_version(name, version).run_id
 
 
-def log_shiftbench(result: ShiftBenchResult, model: str, data_dir: str, experiment: str, seed: int, tta: bool) -> str:
-    """One MLflow run with the table and chart; the summary metrics also go to the model's training run."""
+def log_shiftbench_here(result: ShiftBenchResult, title: str = "") -> None:
+    """Log the summary metrics, ``shiftbench.csv`` and ``shiftbench.png`` into the active run."""
     import matplotlib.pyplot as plt
 
+    mlflow.log_metrics(result.metrics())
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "shiftbench.csv"
+        result.table.to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+    figure = shiftbench_figure(result.table, title=title)
+    mlflow.log_figure(figure, "shiftbench.png")
+    plt.close(figure)
+
+
+def log_shiftbench(
+    result: ShiftBenchResult, model: str, data_dir: str, experiment: str, seed: int, tta: bool, full: bool = True
+) -> str:
+    """A run of its own (``wbc.kind=shiftbench``) with the table and chart. When the benchmark was the
+    standard one (all of valid, seed 0, no TTA), its summary metrics also go to the model's training run,
+    where the registry reads ``val_robust_acc``."""
     configure_tracking(experiment)
     with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "shiftbench"})) as run:
         log_params_once(
             {"model_uri": model, "data_dir": str(Path(data_dir).resolve()), "seed": seed, "tta": tta,
-             "calibration": result.calibration_source, "size": int(result.table.shape[0])}
+             "calibration": result.calibration_source, "conditions": int(result.table.shape[0])}
         )
-        mlflow.log_metrics(result.metrics())
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / "shiftbench.csv"
-            result.table.to_csv(path, index=False)
-            mlflow.log_artifact(str(path))
-        figure = shiftbench_figure(result.table, title=model)
-        mlflow.log_figure(figure, "shiftbench.png")
-        plt.close(figure)
+        log_shiftbench_here(result, title=model)
+    if tta or seed != 0 or not full:
+        return run.info.run_id
     training_run = None
     try:
         training_run = source_run_id(model)
     except mlflow.exceptions.MlflowException as error:
         log.warning("%s: cannot find its training run (%s)", model, error)
-    if training_run and not tta:
+    if training_run:
         client = mlflow.MlflowClient()
         for name, value in result.metrics().items():
             client.log_metric(training_run, name, value)

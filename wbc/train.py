@@ -63,6 +63,8 @@ class TrainConfig:
     """Default: pretrained for transfer and finetune, random init for scratch."""
     augment: str = "standard"
     """Training augmentation: none, standard (flips, rotations, light colour jitter) or robust (+ lab-to-lab shifts)."""
+    shiftbench: bool = True
+    """After training, score the model on the shifted validation benchmark (``val_robust_acc``, the registry's metric)."""
     seed: int = 0
     max_time: float | None = None
     """Stop training after this many minutes (the best checkpoint so far is kept)."""
@@ -353,6 +355,12 @@ def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> T
     figure = training_curves_figure(run_id)
     mlflow.log_figure(figure, "training_curves.png")
     plt.close(figure)
+    if config.shiftbench:
+        from wbc.shiftbench import log_shiftbench_here, run_shiftbench
+
+        bench = run_shiftbench(Predictor(model, image_size, calibration=calibration), config.data_dir,
+                               seed=config.seed, limit_per_class=config.limit_per_class, progress=config.progress)
+        log_shiftbench_here(bench)
     export_dir = Path(best_checkpoint).parent.parent / "model"
     export_model(model, image_size, export_dir, calibration)
     log_pyfunc_model(export_dir, example_image=valid.paths[0])
