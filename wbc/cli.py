@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from wbc.recipes import MAIN_RECIPE
+from wbc.recipes import MAIN_RECIPE, ROBUST_EPOCHS, ROBUST_STAGE
 from wbc.runtime import tune_malloc_and_reexec
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -98,12 +99,13 @@ def training_options(function=None, **defaults):
         _option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
         _option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
         _option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "imagenet", "none"]), help="Initial weights; auto = imagenet unless --mode scratch."),
+        _option("--init-from", default=None, metavar="MODEL", help="Start from this model's weights (checkpoint, exported folder, MLflow URI; same --arch), e.g. to fine-tune the champion further."),
         _option("--seed", default=0, show_default=True, type=int),
         _option("--max-time", default=0.0, type=click.FloatRange(0), help="Stop training after this many minutes; 0 = no limit."),
         _option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0), help="Use at most N images per class (0 = all)."),
         _option("--num-workers", default=0, show_default=True, type=click.IntRange(0)),
         _option("--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."),
-        _option("--shiftbench/--no-shiftbench", default=True, show_default=True, help="After training, score the model on the shifted validation benchmark (val_robust_acc, what wbc register selects on)."),
+        click.option("--shiftbench/--no-shiftbench", default=True, show_default=True, help="After training, score the model on the shifted validation benchmark (val_robust_acc, what wbc register selects on)."),
         _option("--skip-bad-images", is_flag=True, help="Skip unreadable training images with a warning instead of failing."),
         _option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False)),
         _option("--experiment", default="wbc", show_default=True),
@@ -188,14 +190,25 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 
 @cli.command("main")
 @training_options(**MAIN_RECIPE)
+@click.option("--robust-epochs", default=ROBUST_EPOCHS, show_default=True, type=click.IntRange(0, 1000),
+              help="Stage 2: epochs continuing from stage 1 with the lab-to-lab shift augmentation (0 = no stage 2).")
 @_user_errors
-def main_job(**options) -> None:
-    """The whole job: train (the documented recipe), calibrate, report on valid and on the shifted
-    benchmark, register the best on clean + shifted accuracy as champion."""
+def main_job(robust_epochs: int, **options) -> None:
+    """The whole job: train (the documented recipe), then continue it with the shift augmentation;
+    each stage is calibrated and scored on valid and on the shifted benchmark; register the best on
+    clean + shifted accuracy (val_robust_acc) as champion."""
     from wbc.model_registry import DEFAULT_METRIC
 
-    if _train_and_report(dict(options)) is not None:
-        _register_and_report(f"{options['experiment']},Default", DEFAULT_METRIC, "wbc-classifier", "champion")
+    first = _train_and_report(dict(options))
+    if first is None:
+        return
+    if robust_epochs:
+        click.echo(f"stage 2: {robust_epochs} epochs from run {first.run_id} with --augment robust")
+        os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, stage 1 was the project's run; stage 2 gets its own
+        second = dict(options, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model")
+        if _train_and_report(second) is None:
+            return
+    _register_and_report(f"{options['experiment']},Default", DEFAULT_METRIC, "wbc-classifier", "champion")
 
 
 def _shiftbench_and_report(model: str, data_dir: str, experiment: str, seed: int = 0, limit_per_class: int = 0,

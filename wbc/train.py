@@ -20,7 +20,7 @@ from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
 from wbc.data.datamodule import AUGMENTATIONS
 from wbc.evaluate import Evaluation
-from wbc.inference import Predictor, export_model, load_model
+from wbc.inference import Predictor, export_model, load_model, resolve_model
 from wbc.models import MODES, UNFREEZE_CHOICES, count_parameters, get_spec
 from wbc.module import WBCClassifierModule
 from wbc.tracking import (
@@ -63,6 +63,8 @@ class TrainConfig:
     """Default: pretrained for transfer and finetune, random init for scratch."""
     augment: str = "standard"
     """Training augmentation: none, standard (flips, rotations, light colour jitter) or robust (+ lab-to-lab shifts)."""
+    init_from: str | None = None
+    """Start from this model's weights (checkpoint, exported folder or MLflow model URI; same arch) instead of ImageNet's."""
     shiftbench: bool = True
     """After training, score the model on the shifted validation benchmark (``val_robust_acc``, the registry's metric)."""
     seed: int = 0
@@ -212,9 +214,11 @@ def train(config: TrainConfig) -> TrainResult | None:
             head_epochs=config.head_epochs,
             unfreeze=config.unfreeze,
             backbone_lr_scale=config.backbone_lr_scale,
-            pretrained=config.resolved_pretrained and resumed is None,
+            pretrained=config.resolved_pretrained and resumed is None and not config.init_from,
             image_size=image_size,
         )
+        if config.init_from and resumed is None:
+            _load_initial_weights(module, config)
         datamodule = BarcelonaDataModule(
             config.data_dir,
             image_size=image_size,
@@ -246,6 +250,13 @@ def train(config: TrainConfig) -> TrainResult | None:
     return result
 
 
+def _load_initial_weights(module: WBCClassifierModule, config: TrainConfig) -> None:
+    source, _ = load_model(resolve_model(config.init_from))
+    if source.arch != get_spec(config.arch).name:
+        raise ConfigError(f"init_from={config.init_from!r} is a {source.arch} model: train it with --arch {source.arch}")
+    module.model.load_state_dict(source.state_dict())
+
+
 def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datamodule: BarcelonaDataModule) -> None:
     """The params every training run logs under the same names, so runs compare column by column."""
     _, total_params = count_parameters(module.model)
@@ -265,6 +276,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
             "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
             "backbone_lr_scale": config.backbone_lr_scale,
             "pretrained": config.resolved_pretrained,
+            "init_from": config.init_from or "",
             "seed": config.seed,
             "max_time": config.max_time or 0,
             "limit_per_class": config.limit_per_class,

@@ -132,12 +132,13 @@ class RandomShift(torch.nn.Module):
 
 def robust_augmentation() -> list[torch.nn.Module]:
     """The lab-to-lab shifts, each applied now and then, for training that survives them."""
+    # about 30 % of images pass untouched (a first setting that shifted 90 % cost 0.6 points of clean accuracy)
     return [
-        RandomShift("zoom_out", 0.25),
-        RandomShift("zoom_in", 0.25),
-        RandomShift("stain", 0.5),
-        RandomShift("brightness", 0.3),
-        RandomShift("blur", 0.2),
-        RandomShift("resolution", 0.2),
-        RandomShift("jpeg", 0.2),
+        RandomShift("zoom_out", 0.15),
+        RandomShift("zoom_in", 0.15),
+        RandomShift("stain", 0.3),
+        RandomShift("brightness", 0.2),
+        RandomShift("blur", 0.1),
+        RandomShift("resolution", 0.1),
+        RandomShift("jpeg", 0.1),
     ]
