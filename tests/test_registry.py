@@ -104,3 +104,29 @@ def test_concurrent_register_commands_keep_the_better_champion(synthetic_data, t
         (found,) = client.search_model_versions(f"name = '{name}' and run_id = '{weak.run_id}'")
         weak_version = client.get_model_version(name, found.version)
         assert set(weak_version.aliases) in ({"previous"}, {"challenger"}), (name, weak_version.aliases)
+
+
+def test_the_champion_is_the_most_robust_model_that_keeps_clean_accuracy(synthetic_data):
+    """Selecting on val_robust_acc, a run may trail the best clean accuracy by at most 0.3 points."""
+    from wbc.model_registry import DEFAULT_METRIC, MAX_CLEAN_DROP
+
+    client = mlflow.MlflowClient()
+    runs = {name: _train(synthetic_data, seed=seed) for seed, name in enumerate(("plain", "too_costly", "robust"))}
+    measured = {  # (clean accuracy, robust score) imposed on the three runs
+        "plain": (0.990, 0.90),
+        "too_costly": (0.990 - MAX_CLEAN_DROP - 0.002, 0.97),
+        "robust": (0.990 - MAX_CLEAN_DROP + 0.001, 0.95),
+    }
+    for name, (clean, robust) in measured.items():
+        client.log_metric(runs[name].run_id, "val_clean_acc", clean, step=10)
+        client.log_metric(runs[name].run_id, DEFAULT_METRIC, robust, step=10)
+    registration = register_by_metric(experiment="wbc")
+    assert registration.run_id == runs["robust"].run_id and registration.alias == "champion"
+
+    # a champion that costs too much clean accuracy is replaced, and reconcile never picks one
+    client.log_metric(runs["robust"].run_id, "val_clean_acc", 0.980, step=20)
+    assert register_by_metric(experiment="wbc").run_id == runs["plain"].run_id
+    assert client.get_model_version_by_alias("wbc-classifier", "champion").run_id == runs["plain"].run_id
+    assert reconcile_alias(client, "wbc-classifier", "champion", DEFAULT_METRIC) == str(
+        client.get_model_version_by_alias("wbc-classifier", "champion").version
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from wbc.recipes import MAIN_RECIPE, ROBUST_EPOCHS, ROBUST_STAGE
+from wbc.recipes import MAIN_RECIPE, ROBUST_AVERAGE_WEIGHT, ROBUST_EPOCHS, ROBUST_STAGE
 from wbc.runtime import tune_malloc_and_reexec
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -23,6 +23,7 @@ def _user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from wbc.averaging import AveragingError
         from wbc.data import DatasetError, ImageDecodeError
         from wbc.inference import ModelLoadError
         from wbc.model_registry import RegistryError
@@ -32,6 +33,7 @@ def _user_errors(command):
         try:
             return command(*args, **kwargs)
         except (
+            AveragingError,
             ConfigError,
             DatasetError,
             ImageDecodeError,
@@ -142,6 +144,8 @@ def _train_and_report(options: dict):
         f"{result.train_minutes:.1f} min\nbest checkpoint: {result.best_checkpoint}"
     )
     click.echo(result.evaluation.summary())
+    if result.shiftbench is not None:
+        click.echo("shifted validation benchmark (percent):\n" + result.shiftbench.summary())
     return result
 
 
@@ -206,8 +210,12 @@ def main_job(robust_epochs: int, **options) -> None:
         click.echo(f"stage 2: {robust_epochs} epochs from run {first.run_id} with --augment robust")
         os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, stage 1 was the project's run; stage 2 gets its own
         second = dict(options, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model")
-        if _train_and_report(second) is None:
+        stage2 = _train_and_report(second)
+        if stage2 is None:
             return
+        click.echo(f"stage 3: weight average of stage 1 and stage 2 (weight {ROBUST_AVERAGE_WEIGHT} on stage 2)")
+        _average_and_report(f"runs:/{first.run_id}/model", f"runs:/{stage2.run_id}/model", ROBUST_AVERAGE_WEIGHT,
+                            options["data_dir"], options["experiment"], options["output_dir"])
     _register_and_report(f"{options['experiment']},Default", DEFAULT_METRIC, "wbc-classifier", "champion")
 
 
@@ -223,6 +231,29 @@ def _shiftbench_and_report(model: str, data_dir: str, experiment: str, seed: int
     run_id = log_shiftbench(result, model, data_dir, experiment, seed, tta, full=limit_per_class == 0)
     click.echo(result.summary())
     click.echo(f"shiftbench run {run_id}: shiftbench.csv, shiftbench.png")
+
+
+def _average_and_report(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str) -> None:
+    from wbc.averaging import average_run
+
+    run_id, logged = average_run(first, second, weight, data_dir, experiment=experiment, output_dir=output_dir)
+    click.echo(f"run {run_id}: valid accuracy {logged.evaluation.accuracy:.4f}, macro-F1 {logged.evaluation.macro_f1:.4f}")
+    if logged.shiftbench is not None:
+        click.echo("shifted validation benchmark (percent):\n" + logged.shiftbench.summary())
+
+
+@cli.command()
+@click.argument("first")
+@click.argument("second")
+@click.option("--weight", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Weight of SECOND (0 = FIRST, 1 = SECOND).")
+@_data_dir_option
+@click.option("--experiment", default="wbc", show_default=True)
+@click.option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False))
+@_user_errors
+def average(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str) -> None:
+    """Average the weights of two models of the same architecture (e.g. a model and its continuation with
+    --augment robust) into a new run: calibrated, scored on valid and the shifted benchmark, registrable."""
+    _average_and_report(first, second, weight, data_dir, experiment, output_dir)
 
 
 @cli.command()

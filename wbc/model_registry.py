@@ -26,6 +26,10 @@ DEFAULT_MODEL_NAME = "wbc-classifier"
 DEFAULT_ALIAS = "champion"
 DEFAULT_METRIC = "val_robust_acc"
 """Mean of clean and shifted validation accuracy (:mod:`wbc.shiftbench`), logged by every training run."""
+CLEAN_METRIC = "val_clean_acc"
+MAX_CLEAN_DROP = 0.003
+"""Selecting on :data:`DEFAULT_METRIC`, a candidate may trail the most accurate candidate on clean
+validation accuracy by at most this much (0.3 points): robustness must not cost the lab's own images."""
 DEFAULT_SEARCH_EXPERIMENTS = f"{DEFAULT_EXPERIMENT},Default"
 """Where ``register`` looks: ``mlflow run`` without ``--experiment-name`` logs to ``Default``."""
 
@@ -57,9 +61,12 @@ def best_training_run(client: MlflowClient, experiment: str, metric: str):
         ids,
         filter_string=f"attributes.status = 'FINISHED' and tags.`{RUN_KIND_TAG}` = 'train'",
         order_by=[f"metrics.`{metric}` DESC", "attributes.start_time DESC"],
-        max_results=50,
+        max_results=1000,
     )
     runs = [run for run in runs if metric in run.data.metrics]
+    if metric == DEFAULT_METRIC and runs:
+        floor = max(run.data.metrics.get(CLEAN_METRIC, 0.0) for run in runs) - MAX_CLEAN_DROP
+        runs = [run for run in runs if run.data.metrics.get(CLEAN_METRIC, 0.0) >= floor - 1e-9]
     if not runs:
         raise RegistryError(
             f"no finished training run with metric {metric!r} in experiment {experiment!r}: train a model first"
@@ -102,7 +109,11 @@ def register_best(
         previous = None
         if champion is not None and champion.version == version.version:
             held = alias
-        elif champion is None or value > (_version_metric(champion, metric) or float("-inf")):
+        elif (
+            champion is None
+            or value > (_version_metric(champion, metric) or float("-inf"))
+            or not _clean_enough(client, [champion], metric, against=[run])
+        ):
             client.set_registered_model_alias(model_name, alias, version.version)
             if champion is not None:
                 client.set_registered_model_alias(model_name, "previous", champion.version)
@@ -116,6 +127,21 @@ def register_best(
         client.set_registered_model_alias(model_name, "challenger", version.version)
     log.info("%s version %s (%s=%.4f) holds %s", model_name, version.version, metric, value, held)
     return Registration(model_name, str(version.version), run_id, metric, value, held, previous)
+
+
+def _clean_enough(client: MlflowClient, versions: list, metric: str, against: list | None = None) -> list:
+    """The ``versions`` whose training runs trail the best clean accuracy (among them and the runs
+    ``against``) by at most :data:`MAX_CLEAN_DROP`; all of them when selecting on another metric."""
+    if metric != DEFAULT_METRIC or not versions:
+        return versions
+    clean = {}
+    for version in versions:
+        try:
+            clean[version.version] = client.get_run(version.run_id).data.metrics.get(CLEAN_METRIC, 0.0)
+        except MlflowException:
+            clean[version.version] = 0.0
+    floor = max([*clean.values(), *(run.data.metrics.get(CLEAN_METRIC, 0.0) for run in against or [])]) - MAX_CLEAN_DROP
+    return [version for version in versions if clean[version.version] >= floor - 1e-9]
 
 
 def _alias_target(client: MlflowClient, model_name: str, alias: str):
@@ -166,11 +192,9 @@ def _latest_model_uri(client: MlflowClient, run_id: str) -> str | None:
 
 def reconcile_alias(client: MlflowClient, model_name: str, alias: str, metric: str) -> str | None:
     """Point ``alias`` at the registered version with the highest ``metric`` (earliest on ties); return it."""
-    scored = [
-        (score, -int(version.version), version)
-        for version in client.search_model_versions(f"name = '{model_name}'")
-        if (score := _version_metric(version, metric)) is not None
-    ]
+    versions = [v for v in client.search_model_versions(f"name = '{model_name}'") if _version_metric(v, metric) is not None]
+    versions = _clean_enough(client, versions, metric)
+    scored = [(_version_metric(version, metric), -int(version.version), version) for version in versions]
     if not scored:
         return None
     _, _, best = max(scored, key=lambda item: item[:2])

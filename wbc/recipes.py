@@ -10,3 +10,6 @@ ROBUST_EPOCHS = 3
 
 FAST_RECIPE = {"epochs": 6, "image_size": 160, "augment": "standard"}
 """The documented fast recipe (at most 20 minutes on 2 cores)."""
+
+ROBUST_AVERAGE_WEIGHT = 0.7
+"""``wbc main``, stage 3: the served model's weights are this mix of stage 2 with stage 1 (``wbc average``)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -15,12 +14,12 @@ import mlflow
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from wbc.calibration_run import calibrate, calibration_metrics
 from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
 from wbc.data.datamodule import AUGMENTATIONS
 from wbc.evaluate import Evaluation
-from wbc.inference import Predictor, export_model, load_model, resolve_model
+from wbc.inference import load_model, resolve_model
+from wbc.model_logging import log_model_run
 from wbc.models import MODES, UNFREEZE_CHOICES, count_parameters, get_spec
 from wbc.module import WBCClassifierModule
 from wbc.tracking import (
@@ -129,6 +128,8 @@ class TrainResult:
     best_val_f1: float
     train_minutes: float
     evaluation: Evaluation
+    shiftbench: object | None = None
+    """The shifted benchmark (:class:`wbc.shiftbench.ShiftBenchResult`), unless ``shiftbench=False``."""
 
 
 def _canonical_arch(value: str) -> str:
@@ -349,35 +350,21 @@ def config_from_run(run, config: TrainConfig) -> TrainConfig:
 
 def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> TrainResult:
     """Score the best checkpoint on valid; log the metrics, reports, curves and the servable model."""
-    from wbc.serving import log_pyfunc_model
-
-    model, image_size = load_model(best_checkpoint)
-    valid = datamodule.datasets["valid"]
-    calibration, logits = calibrate(Predictor(model, image_size), valid)
-    evaluation = Evaluation.from_predictions(valid.targets, logits.argmax(dim=1).numpy())
-    mlflow.log_metrics(
-        {"best_val_acc": evaluation.accuracy, "best_val_f1": evaluation.macro_f1, "train_minutes": train_minutes}
-        | calibration_metrics(calibration)
-    )
-    with tempfile.TemporaryDirectory() as scratch_dir:
-        evaluation.write(scratch_dir)
-        mlflow.log_artifacts(scratch_dir)
     import matplotlib.pyplot as plt
 
+    model, image_size = load_model(best_checkpoint)
+    mlflow.log_metric("train_minutes", train_minutes)
     figure = training_curves_figure(run_id)
     mlflow.log_figure(figure, "training_curves.png")
     plt.close(figure)
-    if config.shiftbench:
-        from wbc.shiftbench import log_shiftbench_here, run_shiftbench
-
-        bench = run_shiftbench(Predictor(model, image_size, calibration=calibration), config.data_dir,
-                               seed=config.seed, limit_per_class=config.limit_per_class, progress=config.progress)
-        log_shiftbench_here(bench)
-    export_dir = Path(best_checkpoint).parent.parent / "model"
-    export_model(model, image_size, export_dir, calibration)
-    log_pyfunc_model(export_dir, example_image=valid.paths[0])
+    logged = log_model_run(
+        model, image_size, datamodule.datasets["valid"], Path(best_checkpoint).parent.parent / "model",
+        data_dir=config.data_dir, shiftbench=config.shiftbench, seed=config.seed,
+        limit_per_class=config.limit_per_class, progress=config.progress,
+    )
+    evaluation = logged.evaluation
     log.info("run %s: valid accuracy %.4f, macro-F1 %.4f", run_id, evaluation.accuracy, evaluation.macro_f1)
-    return TrainResult(run_id, best_checkpoint, evaluation.accuracy, evaluation.macro_f1, train_minutes, evaluation)
+    return TrainResult(run_id, best_checkpoint, evaluation.accuracy, evaluation.macro_f1, train_minutes, evaluation, logged.shiftbench)
 
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "train"]

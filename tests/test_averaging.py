@@ -1,0 +1,32 @@
+"""Weight-space averaging of two models (`wbc average`)."""
+
+import pytest
+import torch
+
+from wbc.averaging import AveragingError, average_weights
+from wbc.models import build_model
+
+
+def _model(seed, arch="scratch"):
+    torch.manual_seed(seed)
+    return build_model(arch)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_average_is_the_weighted_mean_of_every_float_tensor(weight):
+    first, second = _model(0), _model(1)
+    expected = {k: (1 - weight) * v.float() + weight * second.state_dict()[k].float()
+                for k, v in first.state_dict().items() if v.is_floating_point()}
+    counters = {k: v.clone() for k, v in first.state_dict().items() if not v.is_floating_point()}
+    averaged = average_weights(first, second, weight).state_dict()
+    for name, tensor in expected.items():
+        assert torch.allclose(averaged[name], tensor, atol=1e-6), name
+    for name, tensor in counters.items():
+        assert torch.equal(averaged[name], tensor)
+
+
+def test_average_refuses_different_architectures_and_bad_weights():
+    with pytest.raises(AveragingError, match="architectures differ"):
+        average_weights(_model(0), _model(0, "efficientnet_lite0"), 0.5)
+    with pytest.raises(AveragingError, match="weight=1.5"):
+        average_weights(_model(0), _model(1), 1.5)
