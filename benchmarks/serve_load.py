@@ -74,6 +74,8 @@ def run_load(args, tuned: bool) -> None:
     encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")}
+    # `mlflow models serve` execs `uvicorn` from PATH: put this environment's scripts first
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     for name in MALLOC_SETTINGS:
         env.pop(name, None)
     if tuned:
@@ -90,6 +92,8 @@ def run_load(args, tuned: bool) -> None:
                 if requests.get(f"{url}/ping", timeout=2).ok:
                     break
             except requests.ConnectionError:
+                if server.poll() is not None:
+                    raise SystemExit(f"mlflow models serve exited with status {server.returncode}: try it by hand to see why")
                 time.sleep(1)
         else:
             raise SystemExit("server did not start")
