@@ -24,7 +24,8 @@ from wbc.classes import CLASS_NAMES
 from wbc.data.images import MAX_IMAGE_BYTES
 from wbc.explain import GradCam, image_png, overlay_png
 from wbc.inference import Prediction, Predictor
-from wbc.predict import display_path
+from wbc.predict import counted_cells, differential_count, display_path, out_of_distribution
+from wbc.serving import predictions_frame
 
 PAGE = Path(__file__).with_name("webapp") / "index.html"
 MAX_FILES = 500
@@ -152,9 +153,7 @@ class CellClassifier:
         return info
 
     def classify(self, cells: list[tuple[str, bytes | str]]) -> dict:
-        sources = [(name, item) for name, item in cells if isinstance(item, bytes)]
-        scored = iter(self.predictor.predict_sources([item for _, item in sources], [name for name, _ in sources], keep_pixels=True))
-        predictions = [next(scored) if isinstance(item, bytes) else Prediction(name, None, item) for name, item in cells]
+        predictions = self.predictor.predict_received(cells, keep_pixels=True)
         good = [p for p in predictions if p.error is None]
         if not good:
             reasons = "; ".join(p.error for p in predictions[:5]) or "no files were uploaded"
@@ -163,7 +162,7 @@ class CellClassifier:
         rows = [self._row(index, p, heatmaps.get(id(p))) for index, p in enumerate(predictions)]
         # what needs a person first: unreadable, out of distribution, review; then the rest in upload order
         rows.sort(key=lambda row: (not row["error"], row["in_distribution"] is not False, row["review"] is not True, row["index"]))
-        return {"cells": rows, "counts": differential_count(rows), "model": self.describe()}
+        return {"cells": rows, "counts": batch_summary(predictions), "model": self.describe()}
 
     def _heatmaps(self, predictions: list[Prediction]) -> dict[int, str]:
         if not predictions:
@@ -198,20 +197,16 @@ class CellClassifier:
         return row
 
 
-def differential_count(rows: list[dict]) -> dict:
-    """Cells per class among readable, in-distribution cells; the others listed by name."""
-    counted = [row for row in rows if not row["error"] and row["in_distribution"] is not False]
-    total = len(counted)
-    table = []
-    for name in CLASS_NAMES:
-        cells = sum(row["label"] == name for row in counted)
-        table.append({"class": name, "cells": cells, "percent": round(100 * cells / total, 1) if total else 0.0})
+def batch_summary(predictions: list[Prediction]) -> dict:
+    """The differential count (``wbc predict``'s rule) with the cells left out of it, by name."""
+    table = predictions_frame(predictions).assign(name=[display_path(p.name) for p in predictions])
+    counts = differential_count(table)
     return {
-        "table": table,
-        "total": total,
-        "review": sum(row["review"] is True for row in counted),
-        "excluded_out_of_distribution": [row["name"] for row in rows if not row["error"] and row["in_distribution"] is False],
-        "unreadable": [row["name"] for row in rows if row["error"]],
+        "table": [{"class": name, "cells": int(cells), "percent": float(percent)} for name, cells, percent in counts.itertuples(index=False)],
+        "total": int(counts["cells"].sum()),
+        "review": int((counted_cells(table)["review"] == True).sum()),  # noqa: E712 - None means "no calibration"
+        "excluded_out_of_distribution": list(out_of_distribution(table)["name"]),
+        "unreadable": list(table.loc[table["error"] != "", "name"]),
     }
 
 

@@ -53,6 +53,14 @@ class Calibration:
     def in_distribution_score(self, logits: torch.Tensor) -> torch.Tensor:
         return in_distribution_score(logits, self.temperature)
 
+    def in_distribution(self, scores):
+        """Whether in-distribution scores pass the threshold (False: flag the image as unlike the training data)."""
+        return scores >= self.ood_threshold
+
+    def needs_review(self, confidences):
+        """Whether calibrated confidences fall below the review threshold."""
+        return confidences < self.review_threshold
+
 
 def in_distribution_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy per row; higher = more like the training data."""
@@ -116,9 +124,8 @@ def fit_calibration(
     confidences, predicted = after.max(dim=1)
     correct = (predicted == targets).numpy()
     threshold = review_threshold(confidences.numpy(), correct, target_error)
-    accepted = confidences.numpy() >= threshold
     scores = in_distribution_score(logits, temperature).numpy()
-    return Calibration(
+    calibration = Calibration(
         temperature=temperature,
         review_threshold=threshold,
         target_error=target_error,
@@ -126,6 +133,8 @@ def fit_calibration(
         flag_rate=flag_rate,
         ece_before=expected_calibration_error(before, targets),
         ece_after=expected_calibration_error(after, targets),
-        accepted_fraction=float(accepted.mean()),
-        accepted_error=float((~correct[accepted]).mean()) if accepted.any() else None,
     )
+    accepted = ~calibration.needs_review(confidences.numpy())
+    calibration.accepted_fraction = float(accepted.mean())
+    calibration.accepted_error = float((~correct[accepted]).mean()) if accepted.any() else None
+    return calibration

@@ -37,12 +37,15 @@ def overlay_png(image: torch.Tensor, heatmap: np.ndarray, alpha: float = 0.45) -
     colours = colormaps["jet"](heatmap)[..., :3]
     base = image.permute(1, 2, 0).numpy().astype(np.float32) / 255.0
     blended = (1 - alpha) * base + alpha * colours
-    buffer = io.BytesIO()
-    Image.fromarray((blended * 255).round().astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return _png((blended * 255).round().astype(np.uint8))
 
 
 def image_png(image: torch.Tensor) -> bytes:
+    """The image (3, H, W) uint8 as PNG bytes."""
+    return _png(image.permute(1, 2, 0).numpy())
+
+
+def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

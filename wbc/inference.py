@@ -151,7 +151,7 @@ class Predictor:
         """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI."""
         resolved = resolve_model(str(path))
         model, image_size = load_model(resolved)
-        return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved) if resolved.is_dir() else None)
+        return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved))
 
     @property
     def temperature(self) -> float:
@@ -212,9 +212,16 @@ class Predictor:
                     prediction.pixels = pixels
                 prediction.in_distribution_score = float(score)
                 if self.calibration is not None and not self.tta:  # thresholds were fitted on single views
-                    prediction.in_distribution = bool(score >= self.calibration.ood_threshold)
-                    prediction.review = bool(row.max() < self.calibration.review_threshold)
+                    prediction.in_distribution = bool(self.calibration.in_distribution(score))
+                    prediction.review = bool(self.calibration.needs_review(row.max()))
         return predictions
+
+    def predict_received(self, items: Sequence[tuple[str, bytes | str]], keep_pixels: bool = False) -> list[Prediction]:
+        """For uploads already read: ``(name, file bytes)`` are decoded and scored, ``(name, message)`` come
+        back as errors with that message; the order is kept."""
+        received = [(name, item) for name, item in items if isinstance(item, bytes)]
+        scored = iter(self.predict_sources([item for _, item in received], [name for name, _ in received], keep_pixels))
+        return [next(scored) if isinstance(item, bytes) else Prediction(name, None, item) for name, item in items]
 
 
 def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -37,9 +37,14 @@ def out_of_distribution(table: pd.DataFrame) -> pd.DataFrame:
     return table[(table["error"] == "") & (table["in_distribution"] == False)]  # noqa: E712 - None means "not flagged"
 
 
+def counted_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows that enter the differential count: classified, and not flagged as unlike the training data."""
+    return table[(table["error"] == "") & (table["in_distribution"] != False)]  # noqa: E712 - None means "not flagged"
+
+
 def differential_count(table: pd.DataFrame) -> pd.DataFrame:
-    """Cells and percent per class among the files that could be classified and look like the training data."""
-    labels = table.loc[(table["error"] == "") & (table["in_distribution"] != False), "label"]  # noqa: E712
+    """Cells and percent per class among :func:`counted_cells`."""
+    labels = counted_cells(table)["label"]
     counts = labels.value_counts().reindex(CLASS_NAMES, fill_value=0)
     total = int(counts.sum())
     percent = (100.0 * counts / total).round(1) if total else counts * 0.0

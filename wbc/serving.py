@@ -97,14 +97,9 @@ class WBCImageClassifier(mlflow.pyfunc.PythonModel):
                 INVALID_PARAMETER_VALUE,
             )
         names = [f"row {position}" for position in range(len(model_input))]
-        decoded = [_decode_base64(value, name) for value, name in zip(model_input[IMAGE_COLUMN], names)]
-        sources = [item for item in decoded if isinstance(item, bytes)]
-        source_names = [name for item, name in zip(decoded, names) if isinstance(item, bytes)]
-        scored = iter(self.predictor.predict_sources(sources, source_names))
-        predictions = [
-            next(scored) if isinstance(item, bytes) else Prediction(name, None, item)
-            for item, name in zip(decoded, names)
-        ]
+        predictions = self.predictor.predict_received(
+            [(name, _decode_base64(value, name)) for value, name in zip(model_input[IMAGE_COLUMN], names)]
+        )
         if predictions and all(p.error for p in predictions):
             raise MlflowException("; ".join(p.error for p in predictions[:5]), INVALID_PARAMETER_VALUE)
         return predictions_frame(predictions, index=model_input.index)

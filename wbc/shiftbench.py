@@ -18,17 +18,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 
-from wbc.calibration import DEFAULT_FLAG_RATE, fit_calibration
+from wbc.calibration import DEFAULT_FLAG_RATE
+from wbc.calibration_run import calibrate
 from wbc.data import load_split
 from wbc.data.shifts import SEVERITIES, SHIFTS, apply_shift
+from wbc.evaluate import Evaluation
 from wbc.inference import Predictor
+from wbc.model_registry import CLEAN_METRIC, DEFAULT_METRIC
 from wbc.tracking import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 
 log = logging.getLogger(__name__)
 
-SELECTION_METRIC = "val_robust_acc"
+SELECTION_METRIC = DEFAULT_METRIC
+"""``val_robust_acc``: what this benchmark adds to a training run and the registry selects on."""
 
 
 @dataclass
@@ -49,7 +52,7 @@ class ShiftBenchResult:
     def metrics(self) -> dict[str, float]:
         shifted_acc = float(self.shifted["accuracy"].mean())
         return {
-            "val_clean_acc": self.clean_accuracy,
+            CLEAN_METRIC: self.clean_accuracy,
             "val_shift_acc": shifted_acc,
             "val_shift_f1": float(self.shifted["macro_f1"].mean()),
             SELECTION_METRIC: (self.clean_accuracy + shifted_acc) / 2,
@@ -78,25 +81,23 @@ def run_shiftbench(
     valid = load_split(data_dir, "valid", predictor.image_size, limit_per_class=limit_per_class)
     clean = torch.from_numpy(np.array(valid.pixels))
     targets = valid.targets
-    calibration = predictor.calibration
     source = "model"
-    if calibration is None:
-        logits = torch.from_numpy(predictor.logits_pixels(clean))
-        calibration = fit_calibration(logits, torch.from_numpy(targets))
-        predictor.calibration = calibration
+    if predictor.calibration is None:
+        predictor.calibration, _ = calibrate(predictor, valid)
         source = "fitted here"
+    calibration = predictor.calibration
     clean_scores = predictor.score_pixels(clean)
     msp_threshold = float(np.quantile(clean_scores.probabilities.max(axis=1), DEFAULT_FLAG_RATE, method="lower"))
 
     def row(shift: str, severity: int, strength, scores) -> dict:
-        predicted = scores.probabilities.argmax(axis=1)
+        evaluation = Evaluation.from_predictions(targets, scores.probabilities.argmax(axis=1))
         return {
             "shift": shift,
             "severity": severity,
             "strength": strength,
-            "accuracy": accuracy_score(targets, predicted),
-            "macro_f1": f1_score(targets, predicted, average="macro", labels=range(scores.probabilities.shape[1]), zero_division=0),
-            "flagged": float((scores.in_distribution_score < calibration.ood_threshold).mean()),
+            "accuracy": evaluation.accuracy,
+            "macro_f1": evaluation.macro_f1,
+            "flagged": float((~calibration.in_distribution(scores.in_distribution_score)).mean()),
             "flagged_msp": float((scores.probabilities.max(axis=1) < msp_threshold).mean()),
         }
 
