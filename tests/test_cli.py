@@ -140,7 +140,7 @@ def test_compare_logs_one_study_run_with_a_row_per_model(synthetic_data, monkeyp
     assert statuses["scratch"] == "ok" and statuses["efficientnet_lite0"] == "ok"
     assert statuses["resnet18"].startswith("not run: no ImageNet weights")
     done = table[table["status"] == "ok"]
-    assert (done["inference_img_s"] > 0).all() and (done["model_mb"] > 0).all() and (done["total_params"] > 0).all()
+    assert (done["inference_img_s"] > 0).all() and (done["torch_img_s"] > 0).all() and (done["model_mb"] > 0).all() and (done["total_params"] > 0).all()
 
 
 def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, tmp_path):
@@ -171,16 +171,20 @@ def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, 
     champion = client.get_model_version_by_alias("wbc-classifier", "champion")
     assert scores[champion.run_id] == max(scores.values())
 
-    # recalibrating logs a newer model in the run; registering again makes a version from it, superseding the old one
+    # recalibrating logs a newer model in the run and registers it in place of the old version, aliases included
     result = invoke("calibrate", champion.run_id, "--data-dir", synthetic_data, "--target-error", "0.2")
     assert result.exit_code == 0, result.output
     assert "temperature" in result.output and "ECE" in result.output
-    assert invoke("register", "--metric", SELECTION_METRIC).exit_code == 0
     newest = client.get_model_version_by_alias("wbc-classifier", "champion")
+    assert f"registered it as wbc-classifier version {newest.version}" in result.output
     assert newest.run_id == champion.run_id and int(newest.version) > int(champion.version)
+    assert newest.tags[f"metric.{SELECTION_METRIC}"] == champion.tags[f"metric.{SELECTION_METRIC}"]
     assert client.get_model_version("wbc-classifier", champion.version).tags["superseded_by"] == str(newest.version)
-    served = Path(mlflow.artifacts.download_artifacts(f"models:/wbc-classifier@champion")) / "artifacts" / "model" / "model.json"
-    assert json.loads(served.read_text())["calibration"]["target_error"] == 0.2
+    assert invoke("register", "--metric", SELECTION_METRIC).exit_code == 0
+    assert client.get_model_version_by_alias("wbc-classifier", "champion").version == newest.version
+    served = Path(mlflow.artifacts.download_artifacts(f"models:/wbc-classifier@champion")) / "artifacts" / "model"
+    assert json.loads((served / "model.json").read_text())["calibration"]["target_error"] == 0.2
+    assert (served / "model.onnx").is_file()
 
 
 def test_the_command_line_and_the_registry_agree_on_the_selection_metric():

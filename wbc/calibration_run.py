@@ -6,12 +6,13 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
 from wbc.calibration import DEFAULT_FLAG_RATE, DEFAULT_TARGET_ERROR, Calibration, fit_calibration
 from wbc.data import load_split
 from wbc.data.datamodule import DecodedImageDataset
-from wbc.inference import Predictor, export_model, load_model, resolve_model
+from wbc.inference import Predictor, export_metrics, export_model, load_model, resolve_model
 
 
 def calibrate(
@@ -42,7 +43,8 @@ def calibration_metrics(calibration: Calibration) -> dict[str, float]:
 def calibrate_run(
     run_id: str, data_dir: str, target_error: float = DEFAULT_TARGET_ERROR, flag_rate: float = DEFAULT_FLAG_RATE
 ) -> Calibration:
-    """Calibrate the model logged by training run ``run_id`` and log the calibrated model in the same run.
+    """Calibrate the model logged by training run ``run_id`` and log the calibrated model (with its ONNX
+    flavour) in the same run.
 
     The run's earlier model stays (and so do registered versions made from it); ``runs:/<id>/model``
     and the next ``wbc register`` use the calibrated one.
@@ -54,7 +56,8 @@ def calibrate_run(
     valid = load_split(data_dir, "valid", image_size)
     calibration, _ = calibrate(Predictor(model, image_size), valid, target_error, flag_rate)
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id):
-        export_dir = export_model(model, image_size, Path(scratch) / "model", calibration)
-        mlflow.log_metrics(calibration_metrics(calibration))
+        export_dir = export_model(model, image_size, Path(scratch) / "model", calibration,
+                                  check_images=torch.from_numpy(np.array(valid.pixels)))
+        mlflow.log_metrics(calibration_metrics(calibration) | export_metrics(export_dir))
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
     return calibration

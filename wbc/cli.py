@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from wbc.onnx_export import RUNTIMES
 from wbc.recipes import MAIN_RECIPE, ROBUST_AVERAGE_WEIGHT, ROBUST_EPOCHS, ROBUST_STAGE
 from wbc.runtime import tune_malloc_and_reexec
 
@@ -280,7 +281,7 @@ def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch
 @_user_errors
 def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float) -> None:
     """Fit temperature, review threshold and OOD threshold on valid for training run RUN_ID's model, and
-    log the calibrated model in that run (new trainings are calibrated already)."""
+    log the calibrated model, with its ONNX flavour, in that run (new trainings have both already)."""
     from wbc.calibration_run import calibrate_run
     from wbc.tracking import configure_tracking
 
@@ -292,7 +293,12 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float)
         + ("no cell accepted" if calibration.accepted_error is None else f"error among the rest {100 * calibration.accepted_error:.2f} %")
         + f"); OOD threshold {calibration.ood_threshold:.3f}"
     )
-    click.echo(f"logged the calibrated model in run {run_id}: register it with wbc register")
+    from wbc.model_registry import replace_run_versions
+
+    click.echo(f"logged the calibrated model (ONNX flavour included) in run {run_id}")
+    replaced = replace_run_versions(run_id)
+    if replaced:
+        click.echo(f"registered it as wbc-classifier version {replaced}, with the aliases of the run's earlier versions")
 
 
 @cli.command()
@@ -322,12 +328,14 @@ def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size:
 @click.option("--output", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @_tta_option
+@click.option("--runtime", default="auto", show_default=True, type=click.Choice(RUNTIMES),
+              help="onnx: the model's ONNX flavour in ONNX Runtime; torch: PyTorch; auto: ONNX when the model has it.")
 @_user_errors
-def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool) -> None:
+def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool, runtime: str) -> None:
     """Classify image files (or every file in folders); write a CSV and print the differential count."""
     from wbc.predict import differential_count, out_of_distribution, predict_files
 
-    table = predict_files(paths, model, batch_size=batch_size, tta=tta)
+    table = predict_files(paths, model, batch_size=batch_size, tta=tta, runtime=runtime)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
     errors = table[table["error"] != ""]

@@ -34,11 +34,15 @@ STUDY: tuple[tuple[str, str], ...] = (
     ("efficientnet_lite0", "transfer"),
     ("efficientnet_lite0", "finetune"),
 )
-COLUMNS = ["arch", "mode", "status", "valid_acc", "valid_f1", "train_minutes", "total_params", "model_mb", "inference_img_s", "run_id"]
+COLUMNS = [
+    "arch", "mode", "status", "valid_acc", "valid_f1", "train_minutes", "total_params", "model_mb",
+    "inference_img_s", "torch_img_s", "run_id",
+]
+"""``inference_img_s``: the served runtime (ONNX Runtime when the export checked out); ``torch_img_s``: eager PyTorch."""
 
 
-def _inference_speed(checkpoint: str, config: TrainConfig, images: int = 256) -> float:
-    predictor = Predictor.load(checkpoint)
+def _inference_speed(model_dir: Path, config: TrainConfig, runtime: str, images: int = 256) -> float:
+    predictor = Predictor.load(model_dir, runtime=runtime)
     valid = load_split(config.data_dir, "valid", predictor.image_size, limit_per_class=config.limit_per_class, cache_dir=config.cache_dir)
     pixels = np.asarray(valid.pixels[:images])
     predictor.predict_pixels(pixels[: predictor.batch_size])  # warm-up
@@ -56,15 +60,16 @@ def _study_row(arch: str, mode: str, config: TrainConfig) -> dict:
     except Exception as error:  # noqa: BLE001 - one failing model must not end the study
         return row | {"status": f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
     run = mlflow.MlflowClient().get_run(result.run_id)
-    weights = Path(result.best_checkpoint).parent.parent / "model" / EXPORT_WEIGHTS
+    model_dir = Path(result.best_checkpoint).parent.parent / "model"
     return row | {
         "status": "ok",
         "valid_acc": result.best_val_acc,
         "valid_f1": result.best_val_f1,
         "train_minutes": result.train_minutes,
         "total_params": int(run.data.params["total_params"]),
-        "model_mb": weights.stat().st_size / 2**20,
-        "inference_img_s": _inference_speed(result.best_checkpoint, config),
+        "model_mb": (model_dir / EXPORT_WEIGHTS).stat().st_size / 2**20,
+        "inference_img_s": _inference_speed(model_dir, config, "auto"),
+        "torch_img_s": _inference_speed(model_dir, config, "torch"),
         "run_id": result.run_id,
     }
 

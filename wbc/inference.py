@@ -3,8 +3,9 @@
 Every consumer of a trained model (``wbc evaluate``, ``wbc predict``, the served MLflow model)
 goes through :class:`Predictor`, so they preprocess and score identically.
 
-An exported model is a folder with ``weights.pt`` (a plain state dict) and ``model.json``
-(architecture, image size, class names). Both formats load with ``torch.load(weights_only=True)``:
+An exported model is a folder with ``weights.pt`` (a plain state dict), ``model.json``
+(architecture, image size, class names, calibration) and, when the export checked out, ``model.onnx``
+(the same network for ONNX Runtime, :mod:`wbc.onnx_export`). Checkpoints and weights load with ``torch.load(weights_only=True)``:
 no pickled objects are ever executed.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,6 +26,7 @@ from wbc.checkpointing import atomic_torch_save
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
 from wbc.models import Classifier, build_model
+from wbc.onnx_export import ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, export_onnx
 
 EXPORT_WEIGHTS = "weights.pt"
 EXPORT_CONFIG = "model.json"
@@ -34,9 +37,17 @@ class ModelLoadError(ValueError):
 
 
 def export_model(
-    model: Classifier, image_size: int, directory: str | os.PathLike, calibration: Calibration | None = None
+    model: Classifier,
+    image_size: int,
+    directory: str | os.PathLike,
+    calibration: Calibration | None = None,
+    *,
+    onnx: bool = True,
+    check_images: torch.Tensor | None = None,
 ) -> Path:
-    """Write ``model`` as ``weights.pt`` + ``model.json`` (with its calibration, if any) in ``directory``."""
+    """Write ``model`` as ``weights.pt`` + ``model.json`` (with its calibration, if any) in ``directory``,
+    and with ``onnx`` also ``model.onnx``, checked against PyTorch on ``check_images`` (a warning and no
+    ONNX file when that cannot be done: the model is then served by PyTorch)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -44,18 +55,34 @@ def export_model(
     config = {"arch": model.arch, "image_size": image_size, "classes": list(CLASS_NAMES), "format": 1}
     if calibration is not None:
         config["calibration"] = calibration.to_dict()
+    (directory / ONNX_FILE).unlink(missing_ok=True)
+    if onnx:
+        try:
+            difference = export_onnx(model, image_size, directory / ONNX_FILE, check_images)
+            config["onnx"] = {"file": ONNX_FILE, "max_probability_difference": difference}
+        except OnnxUnavailable as error:
+            warnings.warn(f"{directory}: no ONNX flavour, the model will be served by PyTorch: {error}", stacklevel=2)
     temporary = directory / (EXPORT_CONFIG + ".tmp")
     temporary.write_text(json.dumps(config, indent=2))
     os.replace(temporary, directory / EXPORT_CONFIG)
     return directory
 
 
+def export_metrics(directory: str | os.PathLike) -> dict[str, float]:
+    """What a run records about its exported model (the ONNX check, when there is an ONNX flavour)."""
+    onnx = load_export_config(directory).get("onnx")
+    return {"onnx_max_probability_difference": onnx["max_probability_difference"]} if onnx else {}
+
+
+def load_export_config(path: str | os.PathLike) -> dict:
+    """``model.json`` of an exported model folder ({} for checkpoints)."""
+    config_path = Path(path) / EXPORT_CONFIG
+    return json.loads(config_path.read_text()) if config_path.is_file() else {}
+
+
 def load_calibration(path: str | os.PathLike) -> Calibration | None:
     """The calibration stored with an exported model folder (None for checkpoints and uncalibrated models)."""
-    config_path = Path(path) / EXPORT_CONFIG
-    if not config_path.is_file():
-        return None
-    values = json.loads(config_path.read_text()).get("calibration")
+    values = load_export_config(path).get("calibration")
     return Calibration.from_dict(values) if values else None
 
 
@@ -131,33 +158,64 @@ class Scores:
 class Predictor:
     """Scores images with a :class:`Classifier` at its image size, in batches, in inference mode.
 
-    ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations
+    ``network`` runs the model instead of PyTorch (an :class:`~wbc.onnx_export.OnnxNetwork`; the PyTorch
+    ``model`` stays for Grad-CAM). ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations
     of each image (8x the compute). With a :class:`Calibration` the probabilities are temperature-scaled
     and each prediction carries the review and in-distribution flags (not with ``tta``: the thresholds
     were fitted on single views).
     """
 
     def __init__(
-        self, model: Classifier, image_size: int, batch_size: int = 64, tta: bool = False, calibration: Calibration | None = None
+        self,
+        model: Classifier,
+        image_size: int,
+        batch_size: int = 64,
+        tta: bool = False,
+        calibration: Calibration | None = None,
+        network: OnnxNetwork | None = None,
     ) -> None:
         self.model = model.eval().to(memory_format=torch.channels_last)
+        self.network = network
         self.image_size = image_size
         self.batch_size = batch_size
         self.tta = tta
         self.calibration = calibration
 
     @classmethod
-    def load(cls, path: str | os.PathLike, batch_size: int = 64, tta: bool = False) -> "Predictor":
-        """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI."""
+    def load(cls, path: str | os.PathLike, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> "Predictor":
+        """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI.
+
+        ``runtime``: ``onnx`` runs the exported ``model.onnx`` with ONNX Runtime, ``torch`` runs PyTorch,
+        ``auto`` (default) takes ONNX when the model has it and onnxruntime is installed.
+        """
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime={runtime!r} is invalid: choose one of {', '.join(RUNTIMES)}")
         resolved = resolve_model(str(path))
         model, image_size = load_model(resolved)
-        return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved))
+        network = None
+        onnx_path = resolved / ONNX_FILE if resolved.is_dir() else None
+        if runtime != "torch":
+            if onnx_path is not None and onnx_path.is_file():
+                try:
+                    network = OnnxNetwork(onnx_path)
+                except OnnxUnavailable as error:
+                    if runtime == "onnx":
+                        raise ModelLoadError(f"{path}: {error}") from None
+            elif runtime == "onnx":
+                raise ModelLoadError(f"{path}: has no {ONNX_FILE} (models logged before ONNX export: `wbc calibrate RUN_ID` adds it)")
+        return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved), network=network)
+
+    @property
+    def runtime(self) -> str:
+        return "torch" if self.network is None else "onnx"
 
     @property
     def temperature(self) -> float:
         return self.calibration.temperature if self.calibration else 1.0
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.network is not None:
+            return self.network(batch)
         return self.model(batch.contiguous(memory_format=torch.channels_last)).float()
 
     def _score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

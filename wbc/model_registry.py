@@ -177,6 +177,32 @@ def _version_for_run(client: MlflowClient, model_name: str, run_id: str, metric:
     return version
 
 
+def replace_run_versions(run_id: str, model_name: str = DEFAULT_MODEL_NAME) -> str | None:
+    """After a run logged a newer model (``wbc calibrate``): register it as a new version that takes over the
+    metric tags and the aliases of the run's registered versions, which are tagged ``superseded_by``.
+    Returns the new version, or None when no version of the run was registered (nothing to replace)."""
+    client = MlflowClient()
+    with _registry_lock():
+        try:
+            of_run = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        except MlflowException:
+            return None
+        latest = _latest_model_uri(client, run_id)
+        if not of_run or latest is None or any(version.source == latest for version in of_run):
+            return None
+        newest = max(of_run, key=lambda version: int(version.version))
+        tags = {name: value for name, value in newest.tags.items() if name.startswith("metric") or name == "run_id"}
+        version = mlflow.register_model(latest, model_name, tags=tags)
+        old = {str(older.version) for older in of_run}
+        for older in of_run:
+            client.set_model_version_tag(model_name, older.version, SUPERSEDED_TAG, str(version.version))
+        for alias, target in client.get_registered_model(model_name).aliases.items():
+            if str(target) in old:
+                client.set_registered_model_alias(model_name, alias, version.version)
+        log.info("%s version %s replaces version(s) %s of run %s", model_name, version.version, ", ".join(sorted(old)), run_id)
+        return str(version.version)
+
+
 def _latest_model_uri(client: MlflowClient, run_id: str) -> str | None:
     """``models:/<id>`` of the newest model named ``model`` logged by the run (a recalibrated one wins)."""
     run = client.get_run(run_id)

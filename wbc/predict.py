@@ -11,9 +11,9 @@ from wbc.inference import Predictor, iter_image_files
 from wbc.serving import predictions_frame
 
 
-def predict_files(paths, model: str, batch_size: int = 64, tta: bool = False) -> pd.DataFrame:
+def predict_files(paths, model: str, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> pd.DataFrame:
     """One row per file: ``file`` and :data:`wbc.serving.OUTPUT_COLUMNS`."""
-    predictor = Predictor.load(model, batch_size=batch_size, tta=tta)
+    predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
     files = iter_image_files(paths)
     frames = []
     for start in range(0, len(files), batch_size):

@@ -1,0 +1,137 @@
+"""The ONNX flavour: exported with every model, checked against PyTorch, chosen by ``runtime``."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from wbc.inference import EXPORT_CONFIG, ModelLoadError, Predictor, export_model
+from wbc.models import build_model
+from wbc.onnx_export import ONNX_FILE, TOLERANCE, OnnxNetwork
+
+
+def _images(count: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("arch", ["scratch", "efficientnet_lite0"])
+def test_export_writes_a_checked_onnx_flavour_that_agrees_with_pytorch(tmp_path, arch):
+    torch.manual_seed(0)
+    model = build_model(arch, pretrained=False).eval()
+    folder = export_model(model, 48, tmp_path / "model", check_images=_images(6, 48))
+
+    config = json.loads((folder / EXPORT_CONFIG).read_text())
+    assert (folder / ONNX_FILE).is_file() and config["onnx"]["file"] == ONNX_FILE
+    assert 0 <= config["onnx"]["max_probability_difference"] <= TOLERANCE
+    onnx, eager = Predictor.load(folder), Predictor.load(folder, runtime="torch")
+    assert (onnx.runtime, eager.runtime) == ("onnx", "torch")
+    # other images and batch sizes than the export saw, and the 8-view TTA path
+    for count in (1, 5, 70):
+        images = _images(count, 48, seed=count)
+        assert np.abs(onnx.predict_pixels(images) - eager.predict_pixels(images)).max() <= TOLERANCE
+    onnx.tta = eager.tta = True
+    assert np.abs(onnx.predict_pixels(_images(3, 48)) - eager.predict_pixels(_images(3, 48))).max() <= TOLERANCE
+
+
+def test_without_onnx_the_model_runs_in_pytorch_and_onnx_on_request_fails_clearly(tmp_path):
+    folder = export_model(build_model("scratch"), 32, tmp_path / "model", onnx=False)
+    assert not (folder / ONNX_FILE).exists()
+    assert "onnx" not in json.loads((folder / EXPORT_CONFIG).read_text())
+    assert Predictor.load(folder).runtime == "torch"
+    with pytest.raises(ModelLoadError, match=f"has no {ONNX_FILE}.*wbc calibrate"):
+        Predictor.load(folder, runtime="onnx")
+    with pytest.raises(ValueError, match="runtime='tensorrt' is invalid"):
+        Predictor.load(folder, runtime="tensorrt")
+
+
+def test_re_export_without_onnx_removes_a_stale_onnx_file(tmp_path):
+    folder = export_model(build_model("scratch"), 32, tmp_path / "model")
+    assert (folder / ONNX_FILE).is_file()
+    export_model(build_model("scratch"), 32, folder, onnx=False)
+    assert not (folder / ONNX_FILE).exists(), "an ONNX file of other weights would be served"
+
+
+def test_onnx_network_gives_the_same_answers_from_many_threads(tmp_path):
+    """A server scores requests on worker threads; one session serves them all."""
+    folder = export_model(build_model("scratch"), 32, tmp_path / "model")
+    network = OnnxNetwork(folder / ONNX_FILE)
+    images = _images(4, 32)
+    expected = network(images).numpy()
+    results, errors = [], []
+
+    def score():
+        try:
+            results.append(network(images).numpy())
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=score) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 6
+    assert all(np.array_equal(result, expected) for result in results)
+
+
+def _cell_files(folder, count: int) -> list:
+    from tests.conftest import cell_image
+
+    folder.mkdir()
+    paths = []
+    for index in range(count):
+        path = folder / f"cell{index}.jpg"
+        cell_image("neutrophil" if index % 2 else "basophil", seed=index).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_wbc_predict_runtimes_agree(tmp_path):
+    from click.testing import CliRunner
+
+    from wbc.cli import cli
+
+    torch.manual_seed(0)
+    folder = export_model(build_model("scratch"), 32, tmp_path / "model")
+    _cell_files(tmp_path / "cells", 5)
+    tables = {}
+    for runtime in ("onnx", "torch"):
+        output = tmp_path / f"{runtime}.csv"
+        result = CliRunner().invoke(cli, ["predict", str(tmp_path / "cells"), "--model", str(folder), "--runtime", runtime, "--output", str(output)])
+        assert result.exit_code == 0, result.output
+        import pandas as pd
+
+        tables[runtime] = pd.read_csv(output)
+    columns = [c for c in tables["onnx"].columns if c.startswith("prob_")]
+    assert np.abs(tables["onnx"][columns].to_numpy() - tables["torch"][columns].to_numpy()).max() <= TOLERANCE
+    assert list(tables["onnx"]["label"]) == list(tables["torch"]["label"])
+
+
+def test_served_model_uses_onnx_unless_told_otherwise(tmp_path, monkeypatch):
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    from wbc.serving import log_pyfunc_model
+    from wbc.tracking import configure_tracking
+
+    folder = export_model(build_model("scratch"), 32, tmp_path / "model")
+    files = _cell_files(tmp_path / "cells", 3)
+    configure_tracking("onnx-test")
+    with mlflow.start_run():
+        info = log_pyfunc_model(folder, example_image=files[0])
+    request = pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode() for path in files]})
+    answers = {}
+    for runtime in ("", "torch", "onnx"):
+        monkeypatch.setenv("WBC_RUNTIME", runtime)
+        served = mlflow.pyfunc.load_model(info.model_uri)
+        assert served.unwrap_python_model().predictor.runtime == (runtime or "onnx")
+        answers[runtime] = served.predict(request)
+    columns = [c for c in answers[""].columns if c.startswith("prob_")]
+    assert np.abs(answers[""][columns].to_numpy() - answers["torch"][columns].to_numpy()).max() <= TOLERANCE
+    monkeypatch.setenv("WBC_RUNTIME", "gpu")
+    with pytest.raises(Exception, match="runtime='gpu' is invalid: choose one of auto, onnx, torch"):
+        mlflow.pyfunc.load_model(info.model_uri)
