@@ -4,7 +4,9 @@ Usage (from the project folder, with a registered champion in ./mlflow.db):
     python benchmarks/serve_load.py --model "models:/wbc-classifier@champion" --data-dir ../shared/data
 
 Starts the server itself on a free 127.0.0.1 port, sends a fixed number of requests for each
-(concurrent clients, images per request) pair, prints a Markdown table, and stops the server.
+(concurrent clients, images per request) pair, prints a Markdown table, and stops the server; once
+per variant (default: the model in ONNX Runtime, then in eager PyTorch; ``--compare malloc``: the
+server started plainly, then with the MALLOC_* variables).
 """
 
 from __future__ import annotations
@@ -61,25 +63,30 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--requests", type=int, default=240, help="single-image requests per concurrency level")
     parser.add_argument("--batch-requests", type=int, default=48, help="32-image requests per concurrency level")
+    parser.add_argument("--compare", choices=["runtime", "malloc"], default="runtime",
+                        help="runtime: the model in ONNX Runtime, then in eager PyTorch (WBC_RUNTIME); "
+                             "malloc: a server started plainly, then with the MALLOC_* variables")
     args = parser.parse_args()
 
-    for tuned in (False, True):
-        label = "MALLOC_* variables in the environment" if tuned else "plain environment"
-        print(f"\n### server started with a {label}\n")
-        run_load(args, tuned)
+    if args.compare == "runtime":
+        variants = [("WBC_RUNTIME=onnx", {"WBC_RUNTIME": "onnx"}), ("WBC_RUNTIME=torch", {"WBC_RUNTIME": "torch"})]
+    else:
+        variants = [("plain environment", {}), ("MALLOC_* variables in the environment", MALLOC_SETTINGS)]
+    for label, settings in variants:
+        print(f"\n### server started with {label}\n")
+        run_load(args, settings)
 
 
-def run_load(args, tuned: bool) -> None:
+def run_load(args, settings: dict) -> None:
     files = sorted((Path(args.data_dir) / "barcelona" / "valid").rglob("*.jpg"))[::25][:64]
     encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")}
     # `mlflow models serve` execs `uvicorn` from PATH: put this environment's scripts first
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name in MALLOC_SETTINGS:
+    for name in (*MALLOC_SETTINGS, "WBC_RUNTIME"):
         env.pop(name, None)
-    if tuned:
-        env.update(MALLOC_SETTINGS)
+    env.update(settings)
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", args.model, "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port)],

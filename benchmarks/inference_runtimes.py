@@ -1,0 +1,77 @@
+"""Inference throughput of a served model: eager PyTorch against ONNX Runtime, on the main thread and on a
+worker thread (where `mlflow models serve` runs the model), as ratios from one process.
+
+Usage: python benchmarks/inference_runtimes.py [--model "models:/wbc-classifier@champion"] [--data-dir ../shared/data]
+
+Rows: the network alone on 32 decoded validation images per call, and the whole pyfunc ``predict`` on 32
+base64 JPEGs per call (decode, network, calibration, output table). The process is started with wbc's
+malloc settings (as `wbc` commands are); the served model applies them itself. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wbc.data.images import decode_image
+from wbc.inference import Predictor, resolve_model
+from wbc.runtime import tune_malloc_and_reexec
+from wbc.serving import WBCImageClassifier
+
+
+def rate(call, images: int, seconds: float) -> float:
+    for _ in range(3):
+        call()
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        call()
+        calls += 1
+    return calls * images / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models:/wbc-classifier@champion")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+
+    folder = resolve_model(args.model)
+    files = sorted((Path(args.data_dir) / "barcelona" / "valid").rglob("*.jpg"))[::25][: args.batch]
+    request = pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode() for path in files]})
+    print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    rows = []
+    worker = ThreadPoolExecutor(1)
+    for runtime in ("torch", "onnx"):
+        predictor = Predictor.load(folder, runtime=runtime)
+        pixels = torch.stack([decode_image(path, predictor.image_size) for path in files])
+        served = WBCImageClassifier()
+        served.predictor = predictor
+        calls = {
+            "network": lambda: predictor.score_pixels(pixels),
+            "pyfunc predict (base64 JPEGs in, table out)": lambda: served.predict(None, request),
+        }
+        for what, call in calls.items():
+            main_rate = rate(call, len(files), args.seconds)
+            worker_rate = worker.submit(rate, call, len(files), args.seconds).result()
+            rows.append((what, runtime, main_rate, worker_rate))
+    worker.shutdown()
+    base = {what: worker_rate for what, runtime, _, worker_rate in rows if runtime == "torch"}
+    print("| what | runtime | main thread img/s | worker thread img/s | worker thread vs torch |\n|---|---|---|---|---|")
+    for what, runtime, main_rate, worker_rate in rows:
+        print(f"| {what} | {runtime} | {main_rate:.0f} | {worker_rate:.0f} | x{worker_rate / base[what]:.2f} |")
+    probabilities = [Predictor.load(folder, runtime=runtime).predict_pixels(pixels) for runtime in ("torch", "onnx")]
+    print(f"largest probability difference, onnx vs torch: {np.abs(probabilities[0] - probabilities[1]).max():.2e}")
+
+
+if __name__ == "__main__":
+    tune_malloc_and_reexec()
+    main()
