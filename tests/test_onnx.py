@@ -135,3 +135,12 @@ def test_served_model_uses_onnx_unless_told_otherwise(tmp_path, monkeypatch):
     monkeypatch.setenv("WBC_RUNTIME", "gpu")
     with pytest.raises(Exception, match="runtime='gpu' is invalid: choose one of auto, onnx, torch"):
         mlflow.pyfunc.load_model(info.model_uri)
+
+
+def test_a_damaged_onnx_file_falls_back_to_pytorch_or_fails_clearly(tmp_path):
+    folder = export_model(build_model("scratch"), 32, tmp_path / "model")
+    (folder / ONNX_FILE).write_bytes((folder / ONNX_FILE).read_bytes()[:200])
+    with pytest.warns(UserWarning, match="not a loadable ONNX model.*PyTorch instead"):
+        assert Predictor.load(folder).runtime == "torch"
+    with pytest.raises(ModelLoadError, match="not a loadable ONNX model"):
+        Predictor.load(folder, runtime="onnx")

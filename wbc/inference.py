@@ -201,6 +201,7 @@ class Predictor:
                 except OnnxUnavailable as error:
                     if runtime == "onnx":
                         raise ModelLoadError(f"{path}: {error}") from None
+                    warnings.warn(f"{error}; running the model in PyTorch instead", stacklevel=2)
             elif runtime == "onnx":
                 raise ModelLoadError(f"{path}: has no {ONNX_FILE} (models logged before ONNX export: `wbc calibrate RUN_ID` adds it)")
         return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved), network=network)

@@ -93,7 +93,10 @@ class OnnxNetwork:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
+            raise OnnxUnavailable(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         import torch
