@@ -23,7 +23,7 @@ def test_export_writes_a_checked_onnx_flavour_that_agrees_with_pytorch(tmp_path,
     folder = export_model(model, 48, tmp_path / "model", check_images=_images(6, 48))
 
     config = json.loads((folder / EXPORT_CONFIG).read_text())
-    assert (folder / ONNX_FILE).is_file() and config["onnx"]["file"] == ONNX_FILE
+    assert (folder / ONNX_FILE).is_file() and len(config["onnx"]["weights_sha256"]) == 64
     assert 0 <= config["onnx"]["max_probability_difference"] <= TOLERANCE
     onnx, eager = Predictor.load(folder), Predictor.load(folder, runtime="torch")
     assert (onnx.runtime, eager.runtime) == ("onnx", "torch")
@@ -54,16 +54,18 @@ def test_re_export_without_onnx_removes_a_stale_onnx_file(tmp_path):
 
 
 def test_onnx_network_gives_the_same_answers_from_many_threads(tmp_path):
-    """A server scores requests on worker threads; one session serves them all."""
+    """A server scores requests on worker threads; one session serves them all, at the same time."""
     folder = export_model(build_model("scratch"), 32, tmp_path / "model")
     network = OnnxNetwork(folder / ONNX_FILE)
     images = _images(4, 32)
     expected = network(images).numpy()
+    start = threading.Barrier(6)
     results, errors = [], []
 
     def score():
         try:
-            results.append(network(images).numpy())
+            start.wait()
+            results.extend(network(images).numpy() for _ in range(10))
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -72,8 +74,22 @@ def test_onnx_network_gives_the_same_answers_from_many_threads(tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
-    assert not errors and len(results) == 6
+    assert not errors and len(results) == 60
     assert all(np.array_equal(result, expected) for result in results)
+    with pytest.raises(TypeError, match="uint8"):
+        network(images.float() / 255)
+
+
+def test_an_onnx_file_from_other_weights_is_not_used(tmp_path):
+    torch.manual_seed(0)
+    folder = export_model(build_model("scratch"), 32, tmp_path / "model")
+    other = export_model(build_model("scratch"), 32, tmp_path / "other")
+    (folder / "weights.pt").write_bytes((other / "weights.pt").read_bytes())
+    with pytest.warns(UserWarning, match="was not exported from this folder's weights.pt"):
+        predictor = Predictor.load(folder)
+    assert predictor.runtime == "torch"
+    with pytest.raises(ModelLoadError, match="was not exported from this folder's weights.pt"):
+        Predictor.load(folder, runtime="onnx")
 
 
 def _cell_files(folder, count: int) -> list:
@@ -126,14 +142,14 @@ def test_served_model_uses_onnx_unless_told_otherwise(tmp_path, monkeypatch):
     request = pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode() for path in files]})
     answers = {}
     for runtime in ("", "torch", "onnx"):
-        monkeypatch.setenv("WBC_RUNTIME", runtime)
+        monkeypatch.setenv("WBC_RUNTIME", runtime.upper())
         served = mlflow.pyfunc.load_model(info.model_uri)
         assert served.unwrap_python_model().predictor.runtime == (runtime or "onnx")
         answers[runtime] = served.predict(request)
     columns = [c for c in answers[""].columns if c.startswith("prob_")]
     assert np.abs(answers[""][columns].to_numpy() - answers["torch"][columns].to_numpy()).max() <= TOLERANCE
     monkeypatch.setenv("WBC_RUNTIME", "gpu")
-    with pytest.raises(Exception, match="runtime='gpu' is invalid: choose one of auto, onnx, torch"):
+    with pytest.raises(Exception, match="WBC_RUNTIME='gpu' is invalid: set it to one of auto, onnx, torch"):
         mlflow.pyfunc.load_model(info.model_uri)
 
 

@@ -130,3 +130,29 @@ def test_the_champion_is_the_most_robust_model_that_keeps_clean_accuracy(synthet
     assert reconcile_alias(client, "wbc-classifier", "champion", DEFAULT_METRIC) == str(
         client.get_model_version_by_alias("wbc-classifier", "champion").version
     )
+
+
+def test_a_recalibrated_model_takes_over_its_versions_aliases_even_against_a_tied_run(synthetic_data):
+    """``wbc calibrate`` on the champion's run: the new version holds @champion, although an identical run
+    (same seed, same score) was registered in between; ties keep the sitting champion."""
+    from wbc.calibration_run import calibrate_run
+    from wbc.model_registry import SUPERSEDED_TAG, replace_run_versions
+
+    client = mlflow.MlflowClient()
+    first = _train(synthetic_data)
+    original = register_best(experiment="wbc")
+    twin = _train(synthetic_data)
+    assert twin.best_val_f1 == first.best_val_f1
+    assert register_best(experiment="wbc").alias == "challenger"
+    client.set_registered_model_alias("wbc-classifier", "previous", original.version)  # both aliases on the run
+
+    calibrate_run(first.run_id, str(synthetic_data))
+    replaced = replace_run_versions(first.run_id)
+    champion = client.get_model_version_by_alias("wbc-classifier", "champion")
+    assert str(champion.version) == replaced and champion.run_id == first.run_id
+    assert champion.tags["metric.best_val_f1"] == client.get_model_version("wbc-classifier", original.version).tags["metric.best_val_f1"]
+    assert client.get_model_version("wbc-classifier", original.version).tags[SUPERSEDED_TAG] == replaced
+    assert "previous" not in client.get_registered_model("wbc-classifier").aliases, "previous must not equal champion"
+    assert reconcile_alias(client, "wbc-classifier", "champion", "best_val_f1") == replaced
+    assert replace_run_versions(first.run_id) is None, "nothing newer to register"
+    assert replace_run_versions(twin.run_id) is None

@@ -293,12 +293,19 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float)
         + ("no cell accepted" if calibration.accepted_error is None else f"error among the rest {100 * calibration.accepted_error:.2f} %")
         + f"); OOD threshold {calibration.ood_threshold:.3f}"
     )
-    from wbc.model_registry import replace_run_versions
+    from mlflow.exceptions import MlflowException
+
+    from wbc.model_registry import DEFAULT_MODEL_NAME, replace_run_versions
 
     click.echo(f"logged the calibrated model (ONNX flavour included) in run {run_id}")
-    replaced = replace_run_versions(run_id)
+    try:
+        replaced = replace_run_versions(run_id)
+    except MlflowException as error:
+        raise click.ClickException(f"the model is logged, but registering it failed ({error.message.splitlines()[0]}): run wbc register") from None
     if replaced:
-        click.echo(f"registered it as wbc-classifier version {replaced}, with the aliases of the run's earlier versions")
+        click.echo(f"registered it as {DEFAULT_MODEL_NAME} version {replaced}, with the aliases of the run's earlier versions")
+    else:
+        click.echo("no version of this run was registered: register it with wbc register")
 
 
 @cli.command()

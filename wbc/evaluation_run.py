@@ -32,7 +32,8 @@ def evaluate_model(
         configure_tracking(experiment)
         with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "evaluate"})):
             log_params_once(
-                {"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset), "tta": tta}
+                {"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset), "tta": tta,
+                 "runtime": predictor.runtime}
             )
             mlflow.log_metrics({f"{split}_acc": evaluation.accuracy, f"{split}_f1": evaluation.macro_f1})
             mlflow.log_artifacts(str(output_dir))

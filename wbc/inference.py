@@ -26,7 +26,7 @@ from wbc.checkpointing import atomic_torch_save
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
 from wbc.models import Classifier, build_model
-from wbc.onnx_export import ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, export_onnx
+from wbc.onnx_export import ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, export_onnx, file_digest
 
 EXPORT_WEIGHTS = "weights.pt"
 EXPORT_CONFIG = "model.json"
@@ -50,16 +50,16 @@ def export_model(
     ONNX file when that cannot be done: the model is then served by PyTorch)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / ONNX_FILE).unlink(missing_ok=True)  # never beside other weights than its own
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     atomic_torch_save(state, directory / EXPORT_WEIGHTS)
     config = {"arch": model.arch, "image_size": image_size, "classes": list(CLASS_NAMES), "format": 1}
     if calibration is not None:
         config["calibration"] = calibration.to_dict()
-    (directory / ONNX_FILE).unlink(missing_ok=True)
     if onnx:
         try:
             difference = export_onnx(model, image_size, directory / ONNX_FILE, check_images)
-            config["onnx"] = {"file": ONNX_FILE, "max_probability_difference": difference}
+            config["onnx"] = {"max_probability_difference": difference, "weights_sha256": file_digest(directory / EXPORT_WEIGHTS)}
         except OnnxUnavailable as error:
             warnings.warn(f"{directory}: no ONNX flavour, the model will be served by PyTorch: {error}", stacklevel=2)
     temporary = directory / (EXPORT_CONFIG + ".tmp")
@@ -78,6 +78,18 @@ def load_export_config(path: str | os.PathLike) -> dict:
     """``model.json`` of an exported model folder ({} for checkpoints)."""
     config_path = Path(path) / EXPORT_CONFIG
     return json.loads(config_path.read_text()) if config_path.is_file() else {}
+
+
+def _onnx_network(folder: Path) -> OnnxNetwork:
+    """The exported folder's ONNX flavour, if it has one made from its current weights."""
+    if not folder.is_dir():
+        raise OnnxUnavailable(f"{folder.name} is a checkpoint: ONNX comes with exported models (outputs/<run>/model, MLflow URIs)")
+    entry = load_export_config(folder).get("onnx")
+    if not entry or not (folder / ONNX_FILE).is_file():
+        raise OnnxUnavailable(f"has no {ONNX_FILE} (models logged before ONNX export: `wbc calibrate RUN_ID` adds it)")
+    if entry.get("weights_sha256") != file_digest(folder / EXPORT_WEIGHTS):
+        raise OnnxUnavailable(f"{folder / ONNX_FILE} was not exported from this folder's {EXPORT_WEIGHTS}")
+    return OnnxNetwork(folder / ONNX_FILE)
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration | None:
@@ -193,17 +205,14 @@ class Predictor:
         resolved = resolve_model(str(path))
         model, image_size = load_model(resolved)
         network = None
-        onnx_path = resolved / ONNX_FILE if resolved.is_dir() else None
         if runtime != "torch":
-            if onnx_path is not None and onnx_path.is_file():
-                try:
-                    network = OnnxNetwork(onnx_path)
-                except OnnxUnavailable as error:
-                    if runtime == "onnx":
-                        raise ModelLoadError(f"{path}: {error}") from None
+            try:
+                network = _onnx_network(resolved)
+            except OnnxUnavailable as error:
+                if runtime == "onnx":
+                    raise ModelLoadError(f"{path}: {error}") from None
+                if resolved.is_dir() and (resolved / ONNX_FILE).exists():
                     warnings.warn(f"{error}; running the model in PyTorch instead", stacklevel=2)
-            elif runtime == "onnx":
-                raise ModelLoadError(f"{path}: has no {ONNX_FILE} (models logged before ONNX export: `wbc calibrate RUN_ID` adds it)")
         return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved), network=network)
 
     @property

@@ -190,17 +190,23 @@ def replace_run_versions(run_id: str, model_name: str = DEFAULT_MODEL_NAME) -> s
         latest = _latest_model_uri(client, run_id)
         if not of_run or latest is None or any(version.source == latest for version in of_run):
             return None
-        newest = max(of_run, key=lambda version: int(version.version))
-        tags = {name: value for name, value in newest.tags.items() if name.startswith("metric") or name == "run_id"}
+        tags = {"run_id": run_id}
+        for older in sorted(of_run, key=lambda version: int(version.version)):  # the newest version's values win
+            tags |= {name: value for name, value in older.tags.items() if name.startswith("metric")}
         version = mlflow.register_model(latest, model_name, tags=tags)
         old = {str(older.version) for older in of_run}
         for older in of_run:
             client.set_model_version_tag(model_name, older.version, SUPERSEDED_TAG, str(version.version))
-        for alias, target in client.get_registered_model(model_name).aliases.items():
+        aliases = client.get_registered_model(model_name).aliases
+        for alias, target in aliases.items():
             if str(target) in old:
                 client.set_registered_model_alias(model_name, alias, version.version)
+        if str(aliases.get("previous")) in old and str(aliases.get(DEFAULT_ALIAS)) in old:
+            client.delete_registered_model_alias(model_name, "previous")
         log.info("%s version %s replaces version(s) %s of run %s", model_name, version.version, ", ".join(sorted(old)), run_id)
-        return str(version.version)
+    # as in register_best: the champion ends on the best registered version even if a registration raced this one
+    reconcile_alias(client, model_name, DEFAULT_ALIAS, tags.get("metric", DEFAULT_METRIC))
+    return str(version.version)
 
 
 def _latest_model_uri(client: MlflowClient, run_id: str) -> str | None:
@@ -217,14 +223,16 @@ def _latest_model_uri(client: MlflowClient, run_id: str) -> str | None:
 
 
 def reconcile_alias(client: MlflowClient, model_name: str, alias: str, metric: str) -> str | None:
-    """Point ``alias`` at the registered version with the highest ``metric`` (earliest on ties); return it."""
+    """Point ``alias`` at the registered version with the highest ``metric`` (on ties: the version holding it
+    now, else the earliest); return it."""
     versions = [v for v in client.search_model_versions(f"name = '{model_name}'") if _version_metric(v, metric) is not None]
     versions = _clean_enough(client, versions, metric)
-    scored = [(_version_metric(version, metric), -int(version.version), version) for version in versions]
+    current = _alias_target(client, model_name, alias)
+    holder = str(current.version) if current is not None else None
+    scored = [(_version_metric(version, metric), str(version.version) == holder, -int(version.version), version) for version in versions]
     if not scored:
         return None
-    _, _, best = max(scored, key=lambda item: item[:2])
-    current = _alias_target(client, model_name, alias)
+    *_, best = max(scored, key=lambda item: item[:3])
     if current is None or str(current.version) != str(best.version):
         client.set_registered_model_alias(model_name, alias, best.version)
         previous = _alias_target(client, model_name, "previous")

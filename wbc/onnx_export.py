@@ -26,12 +26,29 @@ if TYPE_CHECKING:  # torch loads lazily: the command line reads RUNTIMES without
 ONNX_FILE = "model.onnx"
 TOLERANCE = 1e-4
 """Largest difference in any class probability allowed between ONNX Runtime and PyTorch."""
+CHECK_BATCH = 64
 RUNTIMES = ("auto", "onnx", "torch")
 RUNTIME_ENV = "WBC_RUNTIME"
 """Environment variable that picks the runtime of a served model (default ``auto``: ONNX when present)."""
 
-_log = logging.getLogger(__name__)
 
+def runtime_from_environment() -> str:
+    """The runtime ``$WBC_RUNTIME`` asks for (``auto`` when unset); a one-line error naming it otherwise."""
+    value = (os.environ.get(RUNTIME_ENV) or "auto").strip().lower()
+    if value not in RUNTIMES:
+        raise ValueError(f"{RUNTIME_ENV}={os.environ.get(RUNTIME_ENV)!r} is invalid: set it to one of {', '.join(RUNTIMES)} or unset it")
+    return value
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file: ties ``model.onnx`` to the ``weights.pt`` it was exported from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 class OnnxUnavailable(RuntimeError):
     pass
@@ -61,10 +78,12 @@ def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, che
             program.save(str(temporary))
         if check_images is None:
             check_images = torch.randint(0, 256, (8, 3, image_size, image_size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-        with torch.inference_mode():
-            expected = torch.softmax(model(check_images).float(), dim=1).numpy()
-        logits = OnnxNetwork(temporary)(check_images)
-        difference = float(np.abs(torch.softmax(logits, dim=1).numpy() - expected).max())
+        network, difference = OnnxNetwork(temporary), 0.0
+        for start in range(0, len(check_images), CHECK_BATCH):
+            chunk = check_images[start : start + CHECK_BATCH]
+            with torch.inference_mode():
+                expected = torch.softmax(model(chunk).float(), dim=1)
+            difference = max(difference, float((torch.softmax(network(chunk), dim=1) - expected).abs().max()))
         if not difference <= TOLERANCE:
             raise OnnxUnavailable(f"ONNX Runtime differs from PyTorch by {difference:.2e} (limit {TOLERANCE:.0e})")
         os.replace(temporary, path)
@@ -101,7 +120,9 @@ class OnnxNetwork:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         import torch
 
-        pixels = np.ascontiguousarray(images.numpy(), dtype=np.uint8)
+        if images.dtype != torch.uint8:
+            raise TypeError(f"the ONNX model takes uint8 images, got {images.dtype}")
+        pixels = np.ascontiguousarray(images.numpy())
         return torch.from_numpy(self.session.run(["logits"], {"images": pixels})[0])
 
 

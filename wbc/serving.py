@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.metadata
-import os
 from pathlib import Path
 
 import mlflow
@@ -33,7 +32,7 @@ from mlflow.types import ColSpec, Schema
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import MAX_IMAGE_BYTES
 from wbc.inference import Prediction, Predictor
-from wbc.onnx_export import RUNTIME_ENV
+from wbc.onnx_export import runtime_from_environment
 from wbc.runtime import tune_malloc_in_process
 
 IMAGE_COLUMN = "image"
@@ -92,7 +91,7 @@ class WBCImageClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         tune_malloc_in_process()
-        self.predictor = Predictor.load(context.artifacts["model"], runtime=os.environ.get(RUNTIME_ENV) or "auto")
+        self.predictor = Predictor.load(context.artifacts["model"], runtime=runtime_from_environment())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:

@@ -40,6 +40,8 @@ class ShiftBenchResult:
     """One row per condition: shift, severity, strength, accuracy, macro_f1, flagged, flagged_msp."""
     calibration_source: str
     """``model`` (the model's stored calibration) or ``fitted here`` (the model had none)."""
+    runtime: str = "torch"
+    """What ran the network: ``onnx`` (ONNX Runtime) or ``torch``."""
 
     @property
     def clean_accuracy(self) -> float:
@@ -113,7 +115,7 @@ def run_shiftbench(
                 end="\n" if index == len(conditions) else "",
                 flush=True,
             )
-    return ShiftBenchResult(pd.DataFrame(rows), source)
+    return ShiftBenchResult(pd.DataFrame(rows), source, predictor.runtime)
 
 
 def shiftbench_figure(table: pd.DataFrame, title: str = ""):
@@ -182,7 +184,7 @@ def log_shiftbench(
     with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "shiftbench"})) as run:
         log_params_once(
             {"model_uri": model, "data_dir": str(Path(data_dir).resolve()), "seed": seed, "tta": tta,
-             "calibration": result.calibration_source, "conditions": int(result.table.shape[0])}
+             "calibration": result.calibration_source, "conditions": int(result.table.shape[0]), "runtime": result.runtime}
         )
         log_shiftbench_here(result, title=model)
     if tta or seed != 0 or not full:
