@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import torch
 
 from wbc.calibration import DEFAULT_FLAG_RATE, DEFAULT_TARGET_ERROR, Calibration, fit_calibration
@@ -57,7 +56,7 @@ def calibrate_run(
     calibration, _ = calibrate(Predictor(model, image_size), valid, target_error, flag_rate)
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id):
         export_dir = export_model(model, image_size, Path(scratch) / "model", calibration,
-                                  check_images=torch.from_numpy(np.array(valid.pixels)))
+                                  check_images=valid.pixels)
         mlflow.log_metrics(calibration_metrics(calibration) | export_metrics(export_dir))
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
     return calibration

@@ -43,7 +43,7 @@ def export_model(
     calibration: Calibration | None = None,
     *,
     onnx: bool = True,
-    check_images: torch.Tensor | None = None,
+    check_images=None,
 ) -> Path:
     """Write ``model`` as ``weights.pt`` + ``model.json`` (with its calibration, if any) in ``directory``,
     and with ``onnx`` also ``model.onnx``, checked against PyTorch on ``check_images`` (a warning and no

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import torch
 
 from wbc.calibration_run import calibrate, calibration_metrics
 from wbc.data.datamodule import DecodedImageDataset
@@ -39,7 +37,7 @@ def log_model_run(
 ) -> LoggedModel:
     """Into the active run: calibrate on ``valid``, log accuracy / macro-F1 / calibration metrics and the
     reports, run the shifted benchmark, export the calibrated model to ``export_dir`` (with its ONNX flavour,
-checked on all of ``valid``) and log it as pyfunc."""
+    checked on all of ``valid``) and log it as pyfunc."""
     from wbc.serving import log_pyfunc_model
 
     calibration, logits = calibrate(Predictor(model, image_size), valid)
@@ -55,7 +53,7 @@ checked on all of ``valid``) and log it as pyfunc."""
         bench = run_shiftbench(Predictor(model, image_size, calibration=calibration), data_dir,
                                seed=seed, limit_per_class=limit_per_class, progress=progress)
         log_shiftbench_here(bench)
-    export_model(model, image_size, export_dir, calibration, check_images=torch.from_numpy(np.array(valid.pixels)))
+    export_model(model, image_size, export_dir, calibration, check_images=valid.pixels)
     mlflow.log_metrics(export_metrics(export_dir))
     log_pyfunc_model(export_dir, example_image=valid.paths[0])
     return LoggedModel(evaluation, bench)

@@ -13,7 +13,6 @@ import logging
 import os
 import warnings
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,13 +49,15 @@ def file_digest(path: str | os.PathLike) -> str:
             digest.update(block)
     return digest.hexdigest()
 
+
 class OnnxUnavailable(RuntimeError):
     pass
 
 
-def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, check_images: torch.Tensor | None = None) -> float:
+def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, check_images=None) -> float:
     """Write ``model`` (uint8 images in, logits out, any batch size) to ``path``; return the largest
-    probability difference from PyTorch on ``check_images`` (random images when None).
+    probability difference from PyTorch on ``check_images`` (uint8 (N, 3, S, S), a tensor or an array such
+    as a split's decoded pixels, compared in chunks; random images when None).
 
     Raises :class:`OnnxUnavailable` when the exporter or ONNX Runtime is missing or the result differs
     by more than :data:`TOLERANCE` (no file is left behind then).
@@ -80,7 +81,7 @@ def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, che
             check_images = torch.randint(0, 256, (8, 3, image_size, image_size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
         network, difference = OnnxNetwork(temporary), 0.0
         for start in range(0, len(check_images), CHECK_BATCH):
-            chunk = check_images[start : start + CHECK_BATCH]
+            chunk = torch.as_tensor(np.array(check_images[start : start + CHECK_BATCH]))
             with torch.inference_mode():
                 expected = torch.softmax(model(chunk).float(), dim=1)
             difference = max(difference, float((torch.softmax(network(chunk), dim=1) - expected).abs().max()))
