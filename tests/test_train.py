@@ -91,6 +91,27 @@ def test_finetune_trains_head_then_unfreezes(synthetic_data):
     assert int(run.data.params["trainable_params"]) < int(run.data.params["total_params"])
 
 
+def test_ema_starts_after_the_head_epochs_and_is_what_is_kept(synthetic_data):
+    settings = dict(arch="efficientnet_lite0", mode="finetune", epochs=2, head_epochs=1, limit_per_class=3, lr=1e-3, batch_size=8,
+                    shiftbench=False)
+    plain = train(tiny_config(synthetic_data, **settings))
+    averaged = train(tiny_config(synthetic_data, ema=0.9, **settings))
+    client = mlflow.MlflowClient()
+    assert client.get_run(averaged.run_id).data.params["ema"] == "0.9"
+
+    def val_loss(run_id):
+        return [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
+
+    assert val_loss(averaged.run_id)[0] == pytest.approx(val_loss(plain.run_id)[0], abs=1e-6), "head epoch: no average yet"
+    assert val_loss(averaged.run_id)[1] != pytest.approx(val_loss(plain.run_id)[1], abs=1e-6), "then the average is validated"
+    last = torch.load(Path(averaged.best_checkpoint).with_name("last.ckpt"), weights_only=True)
+    kept, live = last["state_dict"], last["current_model_state"]
+    name = "model.net.conv_head.weight"
+    assert not torch.equal(kept[name], live[name]), "the checkpoint keeps the average, with the live weights beside it"
+    model, _ = load_model(Path(averaged.best_checkpoint).with_name("last.ckpt"))
+    assert torch.equal(model.state_dict()[name[len("model."):]], kept[name])
+
+
 def test_warmup_cosine_schedule():
     factor = warmup_cosine(start_step=10, warmup_steps=5, total_steps=40)
     assert factor(0) == 0 and factor(9) == 0
@@ -101,7 +122,8 @@ def test_warmup_cosine_schedule():
 @pytest.mark.parametrize(
     "override, field",
     [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"arch": "resnet9000"}, "resnet9000"),
-     ({"lr": -1.0}, "lr"), ({"data_dir": "/nonexistent"}, "data_dir"), ({"mode": "finetune", "head_epochs": 5}, "head_epochs")],
+     ({"lr": -1.0}, "lr"), ({"data_dir": "/nonexistent"}, "data_dir"), ({"mode": "finetune", "head_epochs": 5}, "head_epochs"),
+     ({"ema": 1.0}, "ema")],
 )
 def test_bad_settings_fail_before_any_run(synthetic_data, override, field):
     with pytest.raises(ValueError, match=field):

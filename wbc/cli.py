@@ -96,6 +96,7 @@ def training_options(function=None, **defaults):
         _option("--lr", default=0.0, type=click.FloatRange(0, 10), help="Peak learning rate; 0 = by mode (scratch/transfer 3e-3, finetune 1e-3)."),
         _option("--weight-decay", default=0.02, show_default=True, type=click.FloatRange(0, 10)),
         _option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True)),
+        _option("--ema", default=default("ema", 0.0), show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Decay of an exponential moving average of the weights (e.g. 0.998), validated and kept instead of the raw weights; 0 = off."),
         _option("--image-size", default=default("image_size", 0), show_default=bool(default("image_size", 0)), type=click.IntRange(0, 1024), help="Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0)."),
         _option("--augment", default=default("augment", "standard"), show_default=True, type=click.Choice(AUGMENTATIONS), help="standard: flips, rotations, light colour jitter; robust: + zoom, stain, light, blur, resolution and JPEG shifts."),
         _option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 
 from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
@@ -60,6 +60,9 @@ class TrainConfig:
     backbone_lr_scale: float = 0.5
     pretrained: bool | None = None
     """Default: pretrained for transfer and finetune, random init for scratch."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights, updated every step after the head-only epochs;
+    validation, checkpoints and the logged model use the average. 0 = off."""
     augment: str = "standard"
     """Training augmentation: none, standard (flips, rotations, light colour jitter) or robust (+ lab-to-lab shifts)."""
     init_from: str | None = None
@@ -93,6 +96,7 @@ class TrainConfig:
             ("lr", self.lr is None or 0 < self.lr <= 10, "a number in (0, 10]"),
             ("weight_decay", 0 <= self.weight_decay <= 10, "a number in [0, 10]"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+            ("ema", 0 <= self.ema < 1, "0 (off) or a decay in (0, 1), e.g. 0.998"),
             ("image_size", self.image_size is None or 16 <= self.image_size <= 1024, "an integer from 16 to 1024"),
             ("head_epochs", 0 <= self.head_epochs < self.epochs or self.mode != "finetune", "from 0 to epochs - 1"),
             ("max_time", self.max_time is None or self.max_time > 0, "a positive number of minutes"),
@@ -143,6 +147,47 @@ def is_global_zero() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
+class WeightEMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights, started at epoch ``start_epoch`` (after the head-only epochs).
+
+    Until the first update, validation and checkpoints use the live weights (Lightning's callback would
+    swap in the untouched initial copy).
+    """
+
+    def __init__(self, decay: float, start_epoch: int = 0) -> None:
+        super().__init__(decay=decay)
+        self.start_epoch = start_epoch
+        self._swapped = False
+
+    def should_update(self, step_idx=None, epoch_idx=None) -> bool:
+        return step_idx is not None and self._trainer_epoch >= self.start_epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._trainer_epoch = trainer.current_epoch
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _started(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._swapped = self._started()
+        if self._swapped:
+            self._swap_models(pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._swapped:
+            self._swap_models(pl_module)
+            self._swapped = False
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._started():
+            self._copy_average_to_current(pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self._started():
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+
 def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
     best = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -154,6 +199,8 @@ def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer
     # Lightning's save_last only refreshes when the best improves; this one is rewritten every epoch.
     latest = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     callbacks: list[pl.Callback] = [best, latest]
+    if config.ema:
+        callbacks.append(WeightEMA(config.ema, start_epoch=config.head_epochs if config.mode == "finetune" else 0))
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = pl.Trainer(
@@ -272,6 +319,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
             "warmup_steps": config.warmup_steps,
             "image_size": config.resolved_image_size,
             "label_smoothing": config.label_smoothing,
+            "ema": config.ema,
             "augment": config.augment,
             "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
             "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
@@ -295,7 +343,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
 # How to read each resumable setting back from the run's params.
 _RESUMABLE_PARAMS = {
     "arch": str, "mode": str, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
-    "warmup_steps": int, "image_size": int, "label_smoothing": float, "augment": str, "head_epochs": int, "unfreeze": str,
+    "warmup_steps": int, "image_size": int, "label_smoothing": float, "ema": float, "augment": str, "head_epochs": int, "unfreeze": str,
     "backbone_lr_scale": float, "pretrained": lambda v: v == "True", "seed": int,
     "max_time": lambda v: float(v) or None, "limit_per_class": int, "data_dir": str,
 }
