@@ -116,3 +116,19 @@ def test_ddp_on_two_cpu_processes_logs_one_run_and_learns(synthetic_data, tmp_pa
                                batch_size=16, lr=0.01, epochs=4, progress=False))
     ddp_accuracy = ddp_run.data.metrics["best_val_acc"]
     assert ddp_accuracy >= 0.6 and abs(ddp_accuracy - single.best_val_acc) <= 0.25, (ddp_accuracy, single.best_val_acc)
+
+
+def test_sigterm_fails_the_run_with_a_resume_hint_and_a_nonzero_status(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class={"train": 80, "valid": 4})
+    process = _wbc(*TRAIN_ARGS, "--data-dir", str(data), "--epochs", "20", env=_env(tmp_path), cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not list((tmp_path / "outputs").glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be stopped: " + process.stdout.read()[-2000:]
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("wbc").experiment_id])
+    assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert "stopped by SIGTERM" in output and f"wbc train --resume {run.info.run_id}" in output
+    assert run.info.status == "FAILED" and "best_val_f1" not in run.data.metrics

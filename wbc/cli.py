@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ DEFAULT_SELECTION_METRIC = "val_robust_acc"
 
 
 def _user_errors(command):
-    """Turn the project's expected errors into one-line ``Error: ...`` messages (exit 1)."""
+    """Turn the project's expected errors into one-line ``Error: ...`` messages (exit 1; a SIGTERM-stopped training 143)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -29,10 +30,14 @@ def _user_errors(command):
         from wbc.inference import ModelLoadError
         from wbc.model_registry import RegistryError
         from wbc.models import PretrainedWeightsUnavailable, UnknownModelError
-        from wbc.train import ConfigError
+        from wbc.train import ConfigError, TrainingStopped
 
         try:
             return command(*args, **kwargs)
+        except TrainingStopped as error:
+            stopped = click.ClickException(str(error))
+            stopped.exit_code = 128 + signal.SIGTERM
+            raise stopped from None
         except (
             AveragingError,
             ConfigError,

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
@@ -39,6 +40,10 @@ CHECKPOINT_DIR_TAG = "wbc.checkpoint_dir"
 
 class ConfigError(ValueError):
     """A training setting is out of range; the message names the setting."""
+
+
+class TrainingStopped(RuntimeError):
+    """SIGTERM stopped training (a scheduler's pre-emption, ``docker stop``); the message says how to resume."""
 
 
 @dataclass
@@ -289,7 +294,16 @@ def train(config: TrainConfig) -> TrainResult | None:
             if config.progress:
                 print(f"MLflow run {run.info.run_id}; checkpoints in {checkpoint_dir}", file=sys.stderr)
         trainer, checkpoint = _make_trainer(config, checkpoint_dir)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint_dir / "last.ckpt") if resumed else None)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint_dir / "last.ckpt") if resumed else None)
+        except SIGTERMException:
+            # Lightning stops at a batch boundary and exits with status 0; say so, and fail the run
+            if run is None:
+                raise
+            raise TrainingStopped(
+                f"run {run.info.run_id} was stopped by SIGTERM in epoch {trainer.current_epoch}; "
+                f"continue it from its last checkpoint with: wbc train --resume {run.info.run_id}"
+            ) from None
         if run is None:
             return None
         train_minutes = (time.perf_counter() - started) / 60
@@ -415,4 +429,4 @@ def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> T
     return TrainResult(run_id, best_checkpoint, evaluation.accuracy, evaluation.macro_f1, train_minutes, evaluation, logged.shiftbench)
 
 
-__all__ = ["ConfigError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "TrainingStopped", "train"]
