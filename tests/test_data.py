@@ -157,3 +157,25 @@ def test_non_utf8_file_names_load_and_cache(tmp_path):
     source.rename(odd)
     dataset = load_split(root, "valid", 16, cache_dir=tmp_path / "c")
     assert odd.name in [os.path.basename(p) for p in dataset.paths] and len(dataset) == 8
+
+
+def test_balanced_sampling_draws_each_class_about_equally_often(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class={"train": 30, "valid": 2})
+    keep = {name: 6 for name in CLASS_NAMES} | {"basophil": 2, "neutrophil": 30}
+    for name, count in keep.items():
+        for extra in sorted((root / "barcelona" / "train" / name).iterdir())[count:]:
+            extra.unlink()
+
+    def drawn(sampling):
+        module = BarcelonaDataModule(root, image_size=16, batch_size=8, augment="none", sampling=sampling, cache_dir=tmp_path / "c")
+        module.setup("fit")
+        loader = module.train_dataloader()
+        targets = torch.cat([batch[1] for _ in range(40) for batch in loader])
+        return np.bincount(targets.numpy(), minlength=8) / len(targets)
+
+    shuffled, balanced = drawn("shuffle"), drawn("balanced")
+    neutrophil, basophil = CLASS_NAMES.index("neutrophil"), CLASS_NAMES.index("basophil")
+    assert shuffled[neutrophil] > 0.3 and shuffled[basophil] < 0.05
+    assert np.all(np.abs(balanced - 1 / 8) < 0.04), balanced
+    with pytest.raises(ValueError, match="unknown sampling 'weighted'"):
+        BarcelonaDataModule(root, sampling="weighted")

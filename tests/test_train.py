@@ -15,7 +15,7 @@ from conftest import isolated
 
 TRAINING_PARAMS = {
     "arch", "mode", "epochs", "batch_size", "lr", "image_size", "trainable_params", "total_params",
-    "train_size", "val_size", "data_fingerprint",
+    "train_size", "val_size", "data_fingerprint", "augment", "sampling",
 }
 
 
@@ -123,7 +123,7 @@ def test_warmup_cosine_schedule():
     "override, field",
     [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"arch": "resnet9000"}, "resnet9000"),
      ({"lr": -1.0}, "lr"), ({"data_dir": "/nonexistent"}, "data_dir"), ({"mode": "finetune", "head_epochs": 5}, "head_epochs"),
-     ({"ema": 1.0}, "ema")],
+     ({"ema": 1.0}, "ema"), ({"sampling": "weighted"}, "sampling")],
 )
 def test_bad_settings_fail_before_any_run(synthetic_data, override, field):
     with pytest.raises(ValueError, match=field):

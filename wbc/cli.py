@@ -86,7 +86,7 @@ def training_options(function=None, **defaults):
     """The options of ``wbc train``; ``wbc main`` uses them with the defaults of :data:`wbc.recipes.MAIN_RECIPE`."""
     if function is None:
         return functools.partial(training_options, **defaults)
-    from wbc.data.datamodule import AUGMENTATIONS
+    from wbc.data.datamodule import AUGMENTATIONS, SAMPLINGS
     from wbc.models import MODES, UNFREEZE_CHOICES, list_models
 
     def default(name, value):
@@ -104,6 +104,7 @@ def training_options(function=None, **defaults):
         _option("--ema", default=default("ema", 0.0), show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Decay of an exponential moving average of the weights (e.g. 0.998), validated and kept instead of the raw weights; 0 = off."),
         _option("--image-size", default=default("image_size", 0), show_default=bool(default("image_size", 0)), type=click.IntRange(0, 1024), help="Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0)."),
         _option("--augment", default=default("augment", "standard"), show_default=True, type=click.Choice(AUGMENTATIONS), help="standard: flips, rotations, light colour jitter; robust: + zoom, stain, light, blur, resolution and JPEG shifts."),
+        _option("--sampling", default=default("sampling", "shuffle"), show_default=True, type=click.Choice(SAMPLINGS), help="shuffle: each image once per epoch; balanced: each class equally often (drawn with replacement)."),
         _option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),
         _option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
         _option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from wbc.checkpointing import AtomicCheckpointIO
 from wbc.data import BarcelonaDataModule
-from wbc.data.datamodule import AUGMENTATIONS
+from wbc.data.datamodule import AUGMENTATIONS, SAMPLINGS
 from wbc.evaluate import Evaluation
 from wbc.inference import load_model, resolve_model
 from wbc.model_logging import log_model_run
@@ -70,6 +70,8 @@ class TrainConfig:
     validation, checkpoints and the logged model use the average. 0 = off."""
     augment: str = "standard"
     """Training augmentation: none, standard (flips, rotations, light colour jitter) or robust (+ lab-to-lab shifts)."""
+    sampling: str = "shuffle"
+    """How training batches are drawn: shuffle (each image once per epoch) or balanced (each class equally often)."""
     init_from: str | None = None
     """Start from this model's weights (checkpoint, exported folder or MLflow model URI; same arch) instead of ImageNet's."""
     shiftbench: bool = True
@@ -108,6 +110,7 @@ class TrainConfig:
             ("limit_per_class", self.limit_per_class >= 0, "0 (all) or a positive integer"),
             ("num_workers", self.num_workers >= 0, "0 or a positive integer"),
             ("augment", self.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
+            ("sampling", self.sampling in SAMPLINGS, f"one of {', '.join(SAMPLINGS)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -281,6 +284,7 @@ def train(config: TrainConfig) -> TrainResult | None:
             skip_bad_images=config.skip_bad_images,
             cache_dir=config.cache_dir,
             augment=config.augment,
+            sampling=config.sampling,
             seed=config.seed,
         )
         datamodule.setup("fit")
@@ -335,6 +339,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
             "label_smoothing": config.label_smoothing,
             "ema": config.ema,
             "augment": config.augment,
+            "sampling": config.sampling,
             "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
             "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
             "backbone_lr_scale": config.backbone_lr_scale,
@@ -357,7 +362,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
 # How to read each resumable setting back from the run's params.
 _RESUMABLE_PARAMS = {
     "arch": str, "mode": str, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
-    "warmup_steps": int, "image_size": int, "label_smoothing": float, "ema": float, "augment": str, "head_epochs": int, "unfreeze": str,
+    "warmup_steps": int, "image_size": int, "label_smoothing": float, "ema": float, "augment": str, "sampling": str, "head_epochs": int, "unfreeze": str,
     "backbone_lr_scale": float, "pretrained": lambda v: v == "True", "seed": int,
     "max_time": lambda v: float(v) or None, "limit_per_class": int, "data_dir": str,
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from wbc.data.cache import decode_cached, fingerprint_files
@@ -30,6 +30,9 @@ class RandomRot90(torch.nn.Module):
 
 
 AUGMENTATIONS = ("none", "standard", "robust")
+SAMPLINGS = ("shuffle", "balanced")
+"""How training batches are drawn: ``shuffle`` = each image once per epoch; ``balanced`` = each
+class equally often (images drawn with replacement, weighted by 1 / their class's count)."""
 
 
 def train_augmentation(kind: str = "standard") -> v2.Compose | None:
@@ -124,6 +127,7 @@ class BarcelonaDataModule(pl.LightningDataModule):
         cache_dir: where decoded images are stored (default ``$WBC_CACHE_DIR`` or ``~/.cache/wbc``).
         download: fetch and extract the public archive in ``prepare_data`` if missing.
         augment: training-split augmentation, one of :data:`AUGMENTATIONS` (see :func:`train_augmentation`).
+        sampling: how training batches are drawn, one of :data:`SAMPLINGS`.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class BarcelonaDataModule(pl.LightningDataModule):
         cache_dir: str | os.PathLike | None = None,
         download: bool = False,
         augment: str = "standard",
+        sampling: str = "shuffle",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -152,6 +157,9 @@ class BarcelonaDataModule(pl.LightningDataModule):
         self.download = download
         train_augmentation(augment)  # fail early on an unknown name
         self.augment = augment
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"unknown sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+        self.sampling = sampling
         self.seed = seed
         self.datasets: dict[str, DecodedImageDataset] = {}
 
@@ -184,14 +192,20 @@ class BarcelonaDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        sampler = None
+        if shuffle and self.sampling == "balanced":
+            targets = self.datasets[split].targets
+            weights = 1.0 / np.bincount(targets)[targets]
+            sampler = WeightedRandomSampler(torch.as_tensor(weights), len(targets), generator=generator)
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
-            generator=generator if shuffle else None,
+            generator=generator if shuffle and sampler is None else None,
         )
 
     def train_dataloader(self) -> DataLoader:
