@@ -167,12 +167,9 @@ class WeightEMA(EMAWeightAveraging):
         self.start_epoch = start_epoch
         self._swapped = False
 
-    def should_update(self, step_idx=None, epoch_idx=None) -> bool:
-        return step_idx is not None and self._trainer_epoch >= self.start_epoch
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._trainer_epoch = trainer.current_epoch
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.current_epoch >= self.start_epoch:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _started(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0
