@@ -3,9 +3,10 @@
 The GPU machine has PyTorch, Lightning, timm and scikit-image but not MLflow, nor the data: ``pack``
 writes the decoded 160 px splits as WebP bytes (the carry limit is 64 MiB) and the Lite0 ImageNet
 weights as float16; ``run`` trains each recipe with :class:`wbc.module.WBCClassifierModule`, the data
-module's augmentations and batch size 64 (as on CPU), and prints one JSON line per recipe: validation
+module's augmentations and batch size 64 (as on CPU; the module's own ``backbone_lr_scale=1``, where
+``wbc train`` defaults to 0.5), and prints one JSON line per recipe: validation
 accuracy and macro-F1 per epoch and, for the final weights, accuracy under each lab-to-lab shift at
-severity 2. Screening only: numbers come from re-compressed images on another machine; a recipe
+severity 2 (``SKIP_SHIFTS=1`` leaves it out). Screening only: numbers come from re-compressed images on another machine; a recipe
 that looks better here is then trained with ``wbc`` on the CPU machine and measured there.
 
     python benchmarks/gpu_screen.py pack --data-dir ../shared/data --out .gpu
@@ -114,6 +115,9 @@ def train_one(name: str, pack_dir: Path, workers: int, limit: int, max_epochs: i
 
     _install_fp16_weights(pack_dir)
     torch.backends.cudnn.benchmark = True
+    # several screens share the CPU with their loader workers: many threads per process made the
+    # per-image shift transforms crawl (the first GPU session's shifted benchmark never finished)
+    torch.set_num_threads(2)
     recipe = {"mix": 0.0, "balanced": False, "label_smoothing": 0.1, "lr": 1e-3, "seed": 0, **RECIPES[name]}
     if max_epochs:
         recipe["epochs"] = min(recipe["epochs"], max_epochs)
