@@ -107,7 +107,7 @@ def training_options(function=None, **defaults):
         _option("--sampling", default=default("sampling", "shuffle"), show_default=True, type=click.Choice(SAMPLINGS), help="shuffle: each image once per epoch; balanced: each class equally often (drawn with replacement)."),
         _option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),
         _option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
-        _option("--backbone-lr-scale", default=default("backbone_lr_scale", 0.5), show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
+        _option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
         _option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "imagenet", "none"]), help="Initial weights; auto = imagenet unless --mode scratch."),
         _option("--init-from", default=None, metavar="MODEL", help="Start from this model's weights (checkpoint, exported folder, MLflow URI; same --arch), e.g. to fine-tune the champion further."),
         _option("--seed", default=0, show_default=True, type=int),
@@ -203,12 +203,12 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 @cli.command("main")
 @training_options(**MAIN_RECIPE)
 @click.option("--robust-epochs", default=ROBUST_EPOCHS, show_default=True, type=click.IntRange(0, 1000),
-              help="Optional stage 2: epochs continuing from stage 1 at a lower learning rate, then their weight average (0 = stage 1 only).")
+              help="Stage 2: epochs continuing from stage 1 with the lab-to-lab shift augmentation (0 = no stage 2).")
 @_user_errors
 def main_job(robust_epochs: int, **options) -> None:
-    """The whole job: train the main recipe (wbc/recipes.py), calibrate it, score it on valid and on
-    the shifted benchmark; optionally continue it with the shift augmentation (--robust-epochs) and
-    average the two; register the best on clean + shifted accuracy (val_robust_acc) as champion."""
+    """The whole job: train (the documented recipe), then continue it with the shift augmentation;
+    each stage is calibrated and scored on valid and on the shifted benchmark; register the best on
+    clean + shifted accuracy (val_robust_acc) as champion."""
     from wbc.model_registry import DEFAULT_METRIC
 
     first = _train_and_report(dict(options))
