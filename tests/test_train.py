@@ -30,9 +30,9 @@ def tiny_config(data_root, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def trained(synthetic_data, tmp_path_factory):
-    """One tiny scratch run shared by the tests that only read it."""
+    """One tiny scratch run shared by the tests that only read it (six epochs: four were not enough on every CPU)."""
     with isolated(tmp_path_factory.mktemp("trained")):
-        result = train(tiny_config(synthetic_data, epochs=4, lr=1e-2))
+        result = train(tiny_config(synthetic_data, epochs=6, lr=1e-2))
         run = mlflow.MlflowClient().get_run(result.run_id)
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
         history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_f1")
@@ -46,7 +46,7 @@ def test_run_logs_params_metrics_and_artifacts(trained):
     assert run.data.params["arch"] == "scratch" and run.data.params["train_size"] == "96"
     for name in ("train_loss", "val_loss", "val_acc", "val_f1", "best_val_acc", "best_val_f1", "train_minutes"):
         assert name in run.data.metrics, name
-    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2, 3]
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(6))
     assert set(REPORT_FILES) | {"training_curves.png"} <= artifacts
     assert run.data.tags.get("git_commit")
     assert result.best_val_f1 == pytest.approx(max(m.value for m in history), abs=1e-6)
@@ -54,7 +54,7 @@ def test_run_logs_params_metrics_and_artifacts(trained):
 
 def test_synthetic_task_is_learned(trained):
     result, *_ = trained
-    assert result.best_val_acc >= 0.8, "distinct colours per class must be learnable in four epochs"
+    assert result.best_val_acc >= 0.8, "distinct colours per class must be learnable in six epochs"
 
 
 def test_best_checkpoint_loads_safely_and_predicts(trained, synthetic_data):
