@@ -196,3 +196,10 @@ def test_the_command_line_and_the_registry_agree_on_the_selection_metric():
     from wbc.shiftbench import SELECTION_METRIC
 
     assert DEFAULT_SELECTION_METRIC == DEFAULT_METRIC == SELECTION_METRIC
+
+
+def test_a_recipe_setting_no_option_reads_is_refused():
+    from wbc.cli import training_options
+
+    with pytest.raises(TypeError, match="backbone_lr_scale"):
+        training_options(epochs=3, backbone_lr_scale=1.0)(lambda **options: None)

@@ -230,6 +230,7 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     # stage 2 continues stage 1's model with the shift augmentation, in a run of its own
     assert second.data.params["init_from"] == f"runs:/{first.info.run_id}/model"
     assert second.data.params["augment"] == "robust" and second.data.params["epochs"] == "1"
+    assert float(second.data.params["lr"]) == pytest.approx(3e-4)
     # stage 3 averages their weights
     assert averaged.data.tags["wbc.averaged"] == "true" and averaged.data.params["mode"] == "average"
     assert averaged.data.params["average_of"] == f"runs:/{first.info.run_id}/model runs:/{second.info.run_id}/model"

@@ -89,7 +89,10 @@ def training_options(function=None, **defaults):
     from wbc.data.datamodule import AUGMENTATIONS, SAMPLINGS
     from wbc.models import MODES, UNFREEZE_CHOICES, list_models
 
+    recipe_settings_used = set()
+
     def default(name, value):
+        recipe_settings_used.add(name)
         return defaults.get(name, value)
 
     options = [
@@ -123,6 +126,8 @@ def training_options(function=None, **defaults):
         _option("--strategy", default="auto", show_default=True, help="Lightning strategy, e.g. ddp."),
         _option("--resume", default=None, metavar="RUN_ID|last", help="Continue a killed or failed training run from its last checkpoint (same MLflow run, its logged settings)."),
     ]
+    if unused := sorted(set(defaults) - recipe_settings_used):
+        raise TypeError(f"training_options: no option takes its default from recipe setting(s) {unused}; wire them with default()")
     for option in reversed(options):
         function = option(function)
     return function
