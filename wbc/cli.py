@@ -111,6 +111,7 @@ def training_options(function=None, **defaults):
         _option("--head-epochs", default=1, show_default=True, type=click.IntRange(0), help="finetune: epochs of head-only training before unfreezing."),
         _option("--unfreeze", default="all", show_default=True, type=click.Choice(UNFREEZE_CHOICES), help="finetune: what phase 2 unfreezes."),
         _option("--backbone-lr-scale", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="finetune: backbone LR as a fraction of --lr."),
+        _option("--freeze-stages", default=default("freeze_stages", 0), show_default=True, type=click.IntRange(0), help="finetune: keep the backbone's first N stages (stem first) frozen; the backward pass stops above them (faster)."),
         _option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "imagenet", "none"]), help="Initial weights; auto = imagenet unless --mode scratch."),
         _option("--init-from", default=None, metavar="MODEL", help="Start from this model's weights (checkpoint, exported folder, MLflow URI; same --arch), e.g. to fine-tune the champion further."),
         _option("--seed", default=0, show_default=True, type=int),

@@ -4,7 +4,8 @@ AdamW with a linear warm-up and cosine decay, optional label smoothing, torchmet
 and macro-F1 for train/val/test. Training modes (:meth:`Classifier.set_trainable`):
 ``scratch`` trains everything; ``transfer`` trains the head on a frozen backbone;
 ``finetune`` does the same for ``head_epochs`` epochs, then unfreezes the last block (or
-everything) and trains it at ``lr * backbone_lr_scale`` with its own warm-up.
+everything but the first ``freeze_stages`` stages) and trains it at ``lr * backbone_lr_scale`` with
+its own warm-up.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class WBCClassifierModule(pl.LightningModule):
         head_epochs: int = 1,
         unfreeze: str = "all",
         backbone_lr_scale: float = 1.0,
+        freeze_stages: int = 0,
         pretrained: bool | None = None,
         image_size: int = 128,
         channels_last: bool = True,
@@ -58,7 +60,7 @@ class WBCClassifierModule(pl.LightningModule):
         self.save_hyperparameters()
         use_pretrained = mode != "scratch" if pretrained is None else pretrained
         self.model = build_model(arch, num_classes=num_classes, pretrained=use_pretrained)
-        self.model.set_trainable(mode, phase=self._phase(0), unfreeze=unfreeze)
+        self.model.set_trainable(mode, phase=self._phase(0), unfreeze=unfreeze, freeze_stages=freeze_stages)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -82,10 +84,14 @@ class WBCClassifierModule(pl.LightningModule):
     def final_trainable_params(self) -> int:
         """Parameters that train in the last phase (for finetune: after unfreezing)."""
         hparams = self.hparams
-        self.model.set_trainable(hparams.mode, phase=self._phase(10**9), unfreeze=hparams.unfreeze)
+        self._set_trainable(self._phase(10**9))
         trainable, _ = count_parameters(self.model)
-        self.model.set_trainable(hparams.mode, phase=self._phase(self.current_epoch), unfreeze=hparams.unfreeze)
+        self._set_trainable(self._phase(self.current_epoch))
         return trainable
+
+    def _set_trainable(self, phase: int) -> None:
+        hparams = self.hparams
+        self.model.set_trainable(hparams.mode, phase=phase, unfreeze=hparams.unfreeze, freeze_stages=hparams.freeze_stages)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -93,8 +99,7 @@ class WBCClassifierModule(pl.LightningModule):
         return self.model(images)
 
     def on_train_epoch_start(self) -> None:
-        hparams = self.hparams
-        self.model.set_trainable(hparams.mode, phase=self._phase(self.current_epoch), unfreeze=hparams.unfreeze)
+        self._set_trainable(self._phase(self.current_epoch))
 
     def training_step(self, batch, batch_index):
         images, targets = batch

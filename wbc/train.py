@@ -21,7 +21,7 @@ from wbc.data.datamodule import AUGMENTATIONS, SAMPLINGS
 from wbc.evaluate import Evaluation
 from wbc.inference import load_model, resolve_model
 from wbc.model_logging import log_model_run
-from wbc.models import MODES, UNFREEZE_CHOICES, count_parameters, get_spec
+from wbc.models import MODES, UNFREEZE_CHOICES, check_freeze_stages, count_parameters, get_spec
 from wbc.module import WBCClassifierModule
 from wbc.tracking import (
     DEFAULT_EXPERIMENT,
@@ -63,6 +63,8 @@ class TrainConfig:
     head_epochs: int = 1
     unfreeze: str = "all"
     backbone_lr_scale: float = 0.5
+    freeze_stages: int = 0
+    """finetune: the backbone's first N stages (stem first) never train; faster, as the backward pass stops above them."""
     pretrained: bool | None = None
     """Default: pretrained for transfer and finetune, random init for scratch."""
     ema: float = 0.0
@@ -115,6 +117,10 @@ class TrainConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
+        try:
+            check_freeze_stages(get_spec(self.arch), self.mode, self.freeze_stages)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if not Path(self.data_dir).is_dir():
             raise ConfigError(f"data_dir={self.data_dir!r} is not a folder: point it at the folder that holds barcelona/")
         return self
@@ -267,6 +273,7 @@ def train(config: TrainConfig) -> TrainResult | None:
             head_epochs=config.head_epochs,
             unfreeze=config.unfreeze,
             backbone_lr_scale=config.backbone_lr_scale,
+            freeze_stages=config.freeze_stages,
             pretrained=config.resolved_pretrained and resumed is None and not config.init_from,
             image_size=image_size,
         )
@@ -340,6 +347,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
             "head_epochs": config.head_epochs if config.mode == "finetune" else 0,
             "unfreeze": config.unfreeze if config.mode == "finetune" else "none",
             "backbone_lr_scale": config.backbone_lr_scale,
+            "freeze_stages": config.freeze_stages,
             "pretrained": config.resolved_pretrained,
             "init_from": config.init_from or "",
             "seed": config.seed,
@@ -360,7 +368,7 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
 _RESUMABLE_PARAMS = {
     "arch": str, "mode": str, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
     "warmup_steps": int, "image_size": int, "label_smoothing": float, "ema": float, "augment": str, "sampling": str, "head_epochs": int, "unfreeze": str,
-    "backbone_lr_scale": float, "pretrained": lambda v: v == "True", "seed": int,
+    "backbone_lr_scale": float, "freeze_stages": int, "pretrained": lambda v: v == "True", "seed": int,
     "max_time": lambda v: float(v) or None, "limit_per_class": int, "data_dir": str,
 }
 

