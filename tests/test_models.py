@@ -97,6 +97,49 @@ def test_frozen_batch_norm_stays_in_eval_mode(built, arch):
     assert all(m.training for m in norms)
 
 
+# Written out independently of the registry: what freeze_stages=2 keeps frozen, and the first module that trains.
+FROZEN_BY_TWO_STAGES = {
+    "efficientnet_lite0": (("conv_stem", "bn1", "blocks.0"), "blocks.1"),
+    "resnet18": (("conv1", "bn1", "layer1"), "layer2"),
+    "alexnet": (("features.0", "features.3"), "features.6"),
+    "vgg16": (("features.0", "features.2", "features.5", "features.7"), "features.10"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(FROZEN_BY_TWO_STAGES))
+def test_freeze_stages_keeps_the_first_stages_out_of_training_and_of_the_backward_pass(built, arch):
+    model = built[arch]
+    frozen_modules, first_trained = FROZEN_BY_TWO_STAGES[arch]
+    frozen = tuple(module + "." for module in frozen_modules)
+    model.set_trainable("finetune", phase=2, unfreeze="all", freeze_stages=2)
+    model.train()
+    for name, parameter in model.net.named_parameters():
+        in_frozen = name.startswith(frozen)
+        assert parameter.requires_grad != in_frozen, name
+        parameter.grad = None
+    norms = [m for n, m in model.net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and (n + ".").startswith(frozen)]
+    assert not any(norm.training for norm in norms), "frozen stages' batch norm keeps its statistics"
+    size = 64 if arch == "alexnet" else 32
+    model(torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)).sum().backward()
+    grads = {name: parameter.grad for name, parameter in model.net.named_parameters()}
+    assert all(grads[name] is None for name in grads if name.startswith(frozen))
+    assert any(grads[name] is not None for name in grads if name.startswith(first_trained + "."))
+    model.set_trainable("finetune", phase=1, freeze_stages=2)
+    assert _trainable_modules(model) == EXPECTED_TRAINABLE[arch]["head"], "phase 1 still trains only the head"
+    model.set_trainable("finetune", phase=2, unfreeze="all")
+    assert all(p.requires_grad for p in model.parameters()), "freeze_stages=0 freezes nothing"
+
+
+def test_freeze_stages_out_of_range_or_outside_finetune_is_refused(built):
+    model = built["efficientnet_lite0"]
+    with pytest.raises(ValueError, match=r"freeze_stages=9 is invalid for efficientnet_lite0: expected 0 to 8"):
+        model.set_trainable("finetune", phase=2, freeze_stages=9)
+    with pytest.raises(ValueError, match="freeze_stages=1 needs mode finetune"):
+        model.set_trainable("transfer", freeze_stages=1)
+    with pytest.raises(ValueError, match="freeze_stages=1 is invalid for scratch: expected 0 to 0"):
+        built["scratch"].set_trainable("finetune", phase=2, freeze_stages=1)
+
+
 def test_lite0_pretrained_loads_strictly_every_tensor():
     model = build_model("efficientnet_lite0", pretrained=True)
     original = remap_lite_keys(torch.load(lite0_weights_path(), map_location="cpu", weights_only=True))

@@ -91,6 +91,24 @@ def test_finetune_trains_head_then_unfreezes(synthetic_data):
     assert int(run.data.params["trainable_params"]) < int(run.data.params["total_params"])
 
 
+def test_freeze_stages_keeps_the_early_stages_pretrained_while_the_rest_trains(synthetic_data):
+    config = tiny_config(synthetic_data, arch="efficientnet_lite0", mode="finetune", epochs=2, head_epochs=1,
+                         freeze_stages=2, limit_per_class=3, lr=1e-3, shiftbench=False)
+    result = train(config)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.params["freeze_stages"] == "2"
+    pretrained = WBCClassifierModule(arch="efficientnet_lite0", mode="finetune").model.state_dict()
+    last = Path(result.best_checkpoint).with_name("last.ckpt")
+    trained_state = {k[len("model."):]: v for k, v in torch.load(last, weights_only=True)["state_dict"].items()}
+    for frozen in ("net.conv_stem.weight", "net.bn1.running_var", "net.blocks.0.0.conv_dw.weight", "net.blocks.0.0.bn1.running_mean"):
+        assert torch.equal(trained_state[frozen], pretrained[frozen]), frozen
+    for trains in ("net.blocks.1.0.conv_pw.weight", "net.blocks.1.0.bn1.running_mean", "net.conv_head.weight"):
+        assert not torch.equal(trained_state[trains], pretrained[trains]), trains
+    total = int(run.data.params["total_params"])
+    frozen_params = sum(v.numel() for k, v in pretrained.items() if k.startswith(("net.conv_stem.", "net.bn1.", "net.blocks.0.")) and "running" not in k and "num_batches" not in k)
+    assert int(run.data.params["trainable_params"]) == total - frozen_params
+
+
 def test_ema_starts_after_the_head_epochs_and_is_what_is_kept(synthetic_data):
     settings = dict(arch="efficientnet_lite0", mode="finetune", epochs=2, head_epochs=1, limit_per_class=3, lr=1e-3, batch_size=8,
                     shiftbench=False)
@@ -123,7 +141,8 @@ def test_warmup_cosine_schedule():
     "override, field",
     [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"arch": "resnet9000"}, "resnet9000"),
      ({"lr": -1.0}, "lr"), ({"data_dir": "/nonexistent"}, "data_dir"), ({"mode": "finetune", "head_epochs": 5}, "head_epochs"),
-     ({"ema": 1.0}, "ema"), ({"sampling": "weighted"}, "sampling")],
+     ({"ema": 1.0}, "ema"), ({"sampling": "weighted"}, "sampling"), ({"freeze_stages": 1}, "freeze_stages=1 needs mode finetune"),
+     ({"arch": "efficientnet_lite0", "mode": "finetune", "freeze_stages": 9}, "freeze_stages=9 is invalid")],
 )
 def test_bad_settings_fail_before_any_run(synthetic_data, override, field):
     with pytest.raises(ValueError, match=field):
