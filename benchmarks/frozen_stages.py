@@ -25,9 +25,12 @@ def split_at_stage(model, freeze_stages: int) -> tuple[nn.Module, nn.Module]:
     """(the frozen part, the rest) of a Lite0 :class:`Classifier`, as two modules run one after the other."""
     net = model.net
     normalise = lambda images: (images - model.mean) / model.std  # noqa: E731
-    blocks = list(net.blocks)
-    frozen = nn.Sequential(net.conv_stem, net.bn1, *blocks[: max(0, freeze_stages - 1)])
-    rest = nn.Sequential(*blocks[max(0, freeze_stages - 1):], net.conv_head, net.bn2, net.global_pool, net.classifier)
+
+    def modules(stages):
+        return [net.get_submodule(name) for stage in stages for name in stage]
+
+    frozen = nn.Sequential(*modules(model.spec.stages[:freeze_stages]))
+    rest = nn.Sequential(*modules(model.spec.stages[freeze_stages:]), net.conv_head, net.bn2, net.global_pool, net.classifier)
     return (lambda images: frozen(normalise(images))), rest
 
 

@@ -60,7 +60,7 @@ class WBCClassifierModule(pl.LightningModule):
         self.save_hyperparameters()
         use_pretrained = mode != "scratch" if pretrained is None else pretrained
         self.model = build_model(arch, num_classes=num_classes, pretrained=use_pretrained)
-        self.model.set_trainable(mode, phase=self._phase(0), unfreeze=unfreeze, freeze_stages=freeze_stages)
+        self._set_trainable(self._phase(0))
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
