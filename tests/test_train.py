@@ -138,6 +138,32 @@ def test_warmup_cosine_schedule():
     assert factor(27) == pytest.approx(0.5, abs=0.06) and factor(40) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_max_time_fits_the_schedule_to_the_time():
+    """Cut short by max_time, training still ends with the learning rate decayed (the schedule follows the clock)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    module = WBCClassifierModule(arch="scratch", mode="scratch", lr=1e-2, warmup_steps=2, image_size=32)
+    images = DataLoader(TensorDataset(torch.rand(32, 3, 32, 32), torch.randint(0, 8, (32,))), batch_size=8)
+    learning_rates = []
+
+    class RecordLR(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_index):
+            learning_rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = pl.Trainer(
+        max_epochs=100_000, max_time={"seconds": 3}, limit_val_batches=0, callbacks=[RecordLR()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(module, images)
+    steps = len(learning_rates)
+    assert 10 <= steps < 100_000 * 4, "the time limit, not the epochs, ended training"
+    assert max(learning_rates) == pytest.approx(1e-2, rel=0.05), "the warm-up reached the peak"
+    assert learning_rates[-1] < 1e-2 * 0.02, f"by the last step the rate had decayed: {learning_rates[-5:]}"
+    middle = learning_rates[steps // 2]
+    assert 1e-2 * 0.2 < middle < 1e-2 * 0.8, "half-way through the time, the cosine is near its middle"
+
+
 @pytest.mark.parametrize(
     "override, field",
     [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"arch": "resnet9000"}, "resnet9000"),

@@ -115,7 +115,7 @@ def training_options(function=None, **defaults):
         _option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "imagenet", "none"]), help="Initial weights; auto = imagenet unless --mode scratch."),
         _option("--init-from", default=None, metavar="MODEL", help="Start from this model's weights (checkpoint, exported folder, MLflow URI; same --arch), e.g. to fine-tune the champion further."),
         _option("--seed", default=0, show_default=True, type=int),
-        _option("--max-time", default=0.0, type=click.FloatRange(0), help="Stop training after this many minutes; 0 = no limit."),
+        _option("--max-time", default=0.0, type=click.FloatRange(0), help="Stop training after this many minutes, with the learning-rate decay fitted to end then; 0 = no limit."),
         _option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0), help="Use at most N images per class (0 = all)."),
         _option("--num-workers", default=0, show_default=True, type=click.IntRange(0)),
         _option("--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."),

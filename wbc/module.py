@@ -1,6 +1,7 @@
 """`WBCClassifierModule`: the LightningModule that trains a :class:`wbc.models.Classifier`.
 
-AdamW with a linear warm-up and cosine decay, optional label smoothing, torchmetrics accuracy
+AdamW with a linear warm-up and cosine decay (fitted to the trainer's ``max_time`` when it has one:
+the decay then ends when the time is up, however few epochs fit), optional label smoothing, torchmetrics accuracy
 and macro-F1 for train/val/test. Training modes (:meth:`Classifier.set_trainable`):
 ``scratch`` trains everything; ``transfer`` trains the head on a frozen backbone;
 ``finetune`` does the same for ``head_epochs`` epochs, then unfreezes the last block (or
@@ -14,6 +15,7 @@ import math
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -23,9 +25,12 @@ from wbc.models import build_model, count_parameters
 
 
 def warmup_cosine(start_step: int, warmup_steps: int, total_steps: int):
-    """LR factor: 0 before ``start_step``, linear warm-up, then cosine decay to 0 at ``total_steps``."""
+    """LR factor: 0 before ``start_step``, linear warm-up, then cosine decay to 0 at ``total_steps``.
 
-    def factor(step: int) -> float:
+    ``step`` may be fractional (a position on the schedule rather than a count of steps taken).
+    """
+
+    def factor(step: float) -> float:
         step -= start_step
         if step < 0:
             return 0.0
@@ -73,6 +78,8 @@ class WBCClassifierModule(pl.LightningModule):
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        self.time_budget_used = 0.0
+        """Fraction of the trainer's ``max_time`` used so far (0 without one); see :meth:`schedule_position`."""
 
     @property
     def two_phase(self) -> bool:
@@ -100,6 +107,21 @@ class WBCClassifierModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._set_trainable(self._phase(self.current_epoch))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # the LR scheduler steps right after this optimizer step: the next step's rate reads the clock now
+        timer = next((callback for callback in self.trainer.callbacks if isinstance(callback, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is not None:
+            elapsed = timer.time_elapsed()
+            used = min(1.0, elapsed / max(elapsed + remaining, 1e-9))
+            # every process must step on the same schedule (their clocks differ)
+            self.time_budget_used = float(self.trainer.strategy.broadcast(used))
+
+    def schedule_position(self, step: int, total_steps: int) -> float:
+        """Where on the ``total_steps`` schedule training is: the steps taken, or the share of
+        ``max_time`` used times ``total_steps`` if that is further along (the run will be cut short)."""
+        return max(float(step), self.time_budget_used * total_steps)
 
     def training_step(self, batch, batch_index):
         images, targets = batch
@@ -137,8 +159,9 @@ class WBCClassifierModule(pl.LightningModule):
         # lr/weight_decay defaults repeat the head group's, which MLflow autolog records as params
         optimizer = torch.optim.AdamW(groups, lr=hparams.lr, weight_decay=hparams.weight_decay)
         warmup = min(hparams.warmup_steps, max(1, total_steps // 5))
+        schedules = [warmup_cosine(0, warmup, total_steps), warmup_cosine(body_start, warmup, total_steps)]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            [warmup_cosine(0, warmup, total_steps), warmup_cosine(body_start, warmup, total_steps)],
+            [lambda step, schedule=schedule: schedule(self.schedule_position(step, total_steps)) for schedule in schedules],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -80,7 +80,8 @@ class TrainConfig:
     """After training, score the model on the shifted validation benchmark (``val_robust_acc``, the registry's metric)."""
     seed: int = 0
     max_time: float | None = None
-    """Stop training after this many minutes (the best checkpoint so far is kept)."""
+    """Stop training after this many minutes; the learning-rate decay follows the clock when it is ahead
+    of the epochs, so a run cut short ends decayed (the best checkpoint is kept)."""
     limit_per_class: int = 0
     num_workers: int = 0
     cache_dir: str | None = None
