@@ -21,7 +21,7 @@ from conftest import isolated
 def model_run(synthetic_data, tmp_path_factory):
     with isolated(tmp_path_factory.mktemp("cli-model")):
         result = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1,
-                                   batch_size=16, image_size=32, progress=False))
+                                   batch_size=16, image_size=32, progress=False, onnx=False))
     return result
 
 
@@ -149,7 +149,8 @@ def test_compare_logs_one_study_run_with_a_row_per_model(synthetic_data, monkeyp
 def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, tmp_path):
     from wbc.shiftbench import SELECTION_METRIC
 
-    config = dict(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16, image_size=32, progress=False)
+    config = dict(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16, image_size=32, progress=False,
+                  onnx=False)
     plain = train(TrainConfig(**config))
     robust = train(TrainConfig(**config, augment="robust", seed=1))
     client = mlflow.MlflowClient()

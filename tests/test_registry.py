@@ -19,7 +19,7 @@ def register_best(**settings):
 
 def _train(data_root, **overrides):
     settings = dict(data_dir=str(data_root), arch="scratch", mode="scratch", epochs=1, batch_size=16,
-                    image_size=16, limit_per_class=3, progress=False)
+                    image_size=16, limit_per_class=3, progress=False, onnx=False)
     settings.update(overrides)
     return train(TrainConfig(**settings))
 

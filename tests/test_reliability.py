@@ -50,7 +50,7 @@ def _env(tmp_path: Path) -> dict:
 
 
 TRAIN_ARGS = ["train", "--arch", "scratch", "--mode", "scratch", "--image-size", "32", "--batch-size", "16",
-              "--lr", "0.01", "--output-dir", "outputs"]
+              "--lr", "0.01", "--output-dir", "outputs", "--no-onnx"]
 
 
 def test_sigkilled_training_resumes_into_the_same_run(tmp_path):
@@ -113,7 +113,7 @@ def test_ddp_on_two_cpu_processes_logs_one_run_and_learns(synthetic_data, tmp_pa
     assert len(client.get_metric_history(ddp_run.info.run_id, "val_acc")) == 4
 
     single = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", image_size=32,
-                               batch_size=16, lr=0.01, epochs=4, progress=False))
+                               batch_size=16, lr=0.01, epochs=4, progress=False, onnx=False))
     ddp_accuracy = ddp_run.data.metrics["best_val_acc"]
     assert ddp_accuracy >= 0.6 and abs(ddp_accuracy - single.best_val_acc) <= 0.25, (ddp_accuracy, single.best_val_acc)
 

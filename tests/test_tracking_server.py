@@ -77,9 +77,9 @@ def test_two_trainings_at_once_then_register_and_load_through_the_server(trackin
     common = ["train", "--data-dir", str(synthetic_data), "--arch", "scratch", "--mode", "scratch",
               "--image-size", "32", "--batch-size", "16", "--epochs", "3", "--experiment", "team"]
     processes = [
-        subprocess.Popen([sys.executable, "-m", "wbc", *common, "--lr", lr, "--output-dir", str(tmp_path / f"out{i}")],
+        subprocess.Popen([sys.executable, "-m", "wbc", *common, "--lr", lr, "--output-dir", str(tmp_path / f"out{i}"), onnx],
                          env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i, lr in enumerate(("0.01", "0.003"))
+        for i, (lr, onnx) in enumerate((("0.01", "--onnx"), ("0.003", "--no-onnx")))
     ]
     for process in processes:
         output, _ = process.communicate(timeout=600)
@@ -94,6 +94,9 @@ def test_two_trainings_at_once_then_register_and_load_through_the_server(trackin
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"confusion_matrix.png", "classification_report.json"} <= artifacts
     assert any((workdir / "artifacts").rglob("weights.pt")), "artifacts are stored by the server"
+    exported = {float(r.data.params["lr"]): "onnx_max_probability_difference" in r.data.metrics for r in runs}
+    assert exported == {0.01: True, 0.003: False}, "--no-onnx skips the ONNX flavour"
+    assert any((workdir / "artifacts").rglob("model.onnx"))
 
     registered = subprocess.run([sys.executable, "-m", "wbc", "register", "--experiment", "team", "--metric", "best_val_f1"], env=env,
                                 capture_output=True, text=True, timeout=300)

@@ -22,7 +22,7 @@ TRAINING_PARAMS = {
 def tiny_config(data_root, **overrides) -> TrainConfig:
     settings = dict(
         data_dir=str(data_root), arch="scratch", mode="scratch", epochs=2, batch_size=16, image_size=32,
-        lr=3e-3, warmup_steps=2, progress=False,
+        lr=3e-3, warmup_steps=2, progress=False, onnx=False,
     )
     settings.update(overrides)
     return TrainConfig(**settings)

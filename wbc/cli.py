@@ -86,7 +86,7 @@ def training_options(function=None, **defaults):
     """The options of ``wbc train``; ``wbc main`` uses them with the defaults of :data:`wbc.recipes.MAIN_RECIPE`."""
     if function is None:
         return functools.partial(training_options, **defaults)
-    from wbc.data.datamodule import AUGMENTATIONS, SAMPLINGS
+    from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
     from wbc.models import MODES, UNFREEZE_CHOICES, list_models
 
     recipe_settings_used = set()
@@ -120,6 +120,7 @@ def training_options(function=None, **defaults):
         _option("--num-workers", default=0, show_default=True, type=click.IntRange(0)),
         _option("--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."),
         click.option("--shiftbench/--no-shiftbench", default=True, show_default=True, help="After training, score the model on the shifted validation benchmark (val_robust_acc, what wbc register selects on)."),
+        click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the logged model's ONNX flavour too (served faster by ONNX Runtime); --no-onnx saves the export's time for models you will not serve."),
         _option("--skip-bad-images", is_flag=True, help="Skip unreadable training images with a warning instead of failing."),
         _option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False)),
         _option("--experiment", default="wbc", show_default=True),

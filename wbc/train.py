@@ -15,9 +15,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from wbc.checkpointing import AtomicCheckpointIO
+from lightning_fabric.plugins import TorchCheckpointIO
+
+from wbc.checkpointing import atomic_torch_save
 from wbc.data import BarcelonaDataModule
-from wbc.data.datamodule import AUGMENTATIONS, SAMPLINGS
+from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
 from wbc.evaluate import Evaluation
 from wbc.inference import load_model, resolve_model
 from wbc.model_logging import log_model_run
@@ -78,6 +80,8 @@ class TrainConfig:
     """Start from this model's weights (checkpoint, exported folder or MLflow model URI; same arch) instead of ImageNet's."""
     shiftbench: bool = True
     """After training, score the model on the shifted validation benchmark (``val_robust_acc``, the registry's metric)."""
+    onnx: bool = True
+    """Export the logged model's ONNX flavour too (served faster); the export takes seconds to a minute."""
     seed: int = 0
     max_time: float | None = None
     """Stop training after this many minutes; the learning-rate decay follows the clock when it is ahead
@@ -198,6 +202,15 @@ class WeightEMA(EMAWeightAveraging):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if self._started():
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that saves with :func:`wbc.checkpointing.atomic_torch_save`."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, path)
 
 
 def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
@@ -432,7 +445,7 @@ def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> T
     plt.close(figure)
     logged = log_model_run(
         model, image_size, datamodule.datasets["valid"], Path(best_checkpoint).parent.parent / "model",
-        data_dir=config.data_dir, shiftbench=config.shiftbench, seed=config.seed,
+        data_dir=config.data_dir, shiftbench=config.shiftbench, onnx=config.onnx, seed=config.seed,
         limit_per_class=config.limit_per_class, progress=config.progress,
     )
     evaluation = logged.evaluation
