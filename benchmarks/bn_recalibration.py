@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from wbc.data import load_split
-from wbc.data.datamodule import AUGMENTATIONS, train_augmentation
+from wbc.data.datamodule import train_augmentation
+from wbc.data.settings import AUGMENTATIONS
 from wbc.inference import Predictor, load_model, resolve_model
 from wbc.runtime import tune_malloc_and_reexec
 from wbc.tracking import configure_tracking

@@ -1,3 +1,14 @@
-from wbc.cli import main
+"""``wbc`` and ``python -m wbc``: restart with the tuned allocator first, then import the (heavy) command line."""
 
-main()
+from wbc.runtime import tune_malloc_and_reexec
+
+
+def main() -> None:
+    tune_malloc_and_reexec()  # before the imports, which a restart would otherwise pay twice
+    from wbc.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

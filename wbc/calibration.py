@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 DEFAULT_TARGET_ERROR = 0.005
 DEFAULT_FLAG_RATE = 0.05
@@ -86,6 +85,8 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
     """Top-label ECE with 15 equal-width bins (torchmetrics)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error  # a 5 s import a served model does not need
+
     return float(
         multiclass_calibration_error(probabilities, targets, num_classes=probabilities.shape[1], n_bins=ECE_BINS, norm="l1")
     )

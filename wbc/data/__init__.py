@@ -1,16 +1,26 @@
-"""Data: image decoding, the PBC dataset, the decoded-image cache and the Lightning data module."""
+"""Data: image decoding, the PBC dataset, the decoded-image cache and the Lightning data module.
 
-from wbc.data.datamodule import BarcelonaDataModule, DecodedImageDataset, load_split
-from wbc.data.dataset import BarcelonaDataset, DatasetError
-from wbc.data.images import ImageDecodeError, decode_image, decode_image_array
+Names load on first use (PEP 562), so that serving and the command line, which need no Lightning,
+do not import it.
+"""
 
-__all__ = [
-    "BarcelonaDataModule",
-    "BarcelonaDataset",
-    "DatasetError",
-    "DecodedImageDataset",
-    "ImageDecodeError",
-    "decode_image",
-    "decode_image_array",
-    "load_split",
-]
+from importlib import import_module
+
+_HOMES = {
+    "BarcelonaDataModule": "wbc.data.datamodule",
+    "DecodedImageDataset": "wbc.data.datamodule",
+    "load_split": "wbc.data.datamodule",
+    "BarcelonaDataset": "wbc.data.dataset",
+    "DatasetError": "wbc.data.dataset",
+    "ImageDecodeError": "wbc.data.images",
+    "decode_image": "wbc.data.images",
+    "decode_image_array": "wbc.data.images",
+}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'wbc.data' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 
 from wbc.data.cache import decode_cached, fingerprint_files
 from wbc.data.dataset import BarcelonaDataset
+from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
 from wbc.data.shifts import robust_augmentation
 
 
@@ -29,10 +30,6 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
 
 
-AUGMENTATIONS = ("none", "standard", "robust")
-SAMPLINGS = ("shuffle", "balanced")
-"""How training batches are drawn: ``shuffle`` = each image once per epoch; ``balanced`` = each
-class equally often (images drawn with replacement, weighted by 1 / their class's count)."""
 
 
 def train_augmentation(kind: str = "standard") -> v2.Compose | None:

@@ -1,0 +1,7 @@
+"""The data settings a user picks, as plain values: the command line lists them without importing Lightning."""
+
+AUGMENTATIONS = ("none", "standard", "robust")
+"""Training augmentation (:func:`wbc.data.datamodule.train_augmentation`)."""
+SAMPLINGS = ("shuffle", "balanced")
+"""How training batches are drawn: ``shuffle`` = each image once per epoch; ``balanced`` = each
+class equally often (images drawn with replacement, weighted by 1 / their class's count)."""
