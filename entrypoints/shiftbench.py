@@ -2,7 +2,7 @@
 
 import sys
 
-from wbc.cli import main
+from wbc.__main__ import main
 
 if __name__ == "__main__":
     main(["shiftbench", *sys.argv[1:]])

@@ -3,11 +3,11 @@
 from wbc.runtime import tune_malloc_and_reexec
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     tune_malloc_and_reexec()  # before the imports, which a restart would otherwise pay twice
     from wbc.cli import main as cli_main
 
-    cli_main()
+    cli_main(args)
 
 
 if __name__ == "__main__":
