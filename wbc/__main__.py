@@ -5,9 +5,9 @@ from wbc.runtime import tune_malloc_and_reexec
 
 def main(args: list[str] | None = None) -> None:
     tune_malloc_and_reexec()  # before the imports, which a restart would otherwise pay twice
-    from wbc.cli import main as cli_main
+    from wbc.cli import cli
 
-    cli_main(args)
+    cli(args=args, prog_name="wbc")
 
 
 if __name__ == "__main__":

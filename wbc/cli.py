@@ -6,14 +6,12 @@ import functools
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 import click
 
 from wbc.onnx_export import RUNTIMES
 from wbc.recipes import MAIN_RECIPE, ROBUST_AVERAGE_WEIGHT, ROBUST_EPOCHS, ROBUST_STAGE
-from wbc.runtime import tune_malloc_and_reexec
 
 DEFAULT_DATA_DIR = "../shared/data"
 DEFAULT_SELECTION_METRIC = "val_robust_acc"
@@ -432,12 +430,3 @@ def list_architectures() -> None:
     for name in list_models(include_aliases=False):
         spec = get_spec(name)
         click.echo(f"{name:20s} {spec.image_size:4d}px  {spec.description}")
-
-
-def main(args: list[str] | None = None) -> None:
-    tune_malloc_and_reexec()
-    cli(args=args, prog_name="wbc")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

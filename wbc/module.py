@@ -90,7 +90,6 @@ class WBCClassifierModule(pl.LightningModule):
 
     def final_trainable_params(self) -> int:
         """Parameters that train in the last phase (for finetune: after unfreezing)."""
-        hparams = self.hparams
         self._set_trainable(self._phase(10**9))
         trainable, _ = count_parameters(self.model)
         self._set_trainable(self._phase(self.current_epoch))

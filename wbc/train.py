@@ -12,10 +12,9 @@ from pathlib import Path
 
 import mlflow
 import pytorch_lightning as pl
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-from lightning_fabric.plugins import TorchCheckpointIO
 
 from wbc.checkpointing import atomic_torch_save
 from wbc.data import BarcelonaDataModule

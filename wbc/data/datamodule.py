@@ -30,8 +30,6 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
 
 
-
-
 def train_augmentation(kind: str = "standard") -> v2.Compose | None:
     """Training transforms: ``standard`` = flips, 90-degree rotations and light colour jitter;
     ``robust`` adds the lab-to-lab shifts of :mod:`wbc.data.shifts` (zoom, stain, light, blur,
