@@ -14,6 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
+import yaml
 from PIL import Image
 
 from wbc.classes import CLASS_NAMES
@@ -215,9 +216,17 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     assert pd.isna(rows[1]["label"]) and pd.isna(rows[1]["confidence"]) and "not an image" in rows[1]["error"]
 
 
+def test_main_entry_point_defaults_are_the_main_recipe():
+    from wbc.recipes import MAIN_RECIPE
+
+    parameters = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]["parameters"]
+    for name in ("epochs", "image_size"):
+        assert parameters[name]["default"] == MAIN_RECIPE[name], name
+
+
 def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_path):
     result = _mlflow_run(tmp_path, "main", f"data_dir={synthetic_data}", "epochs=2", "robust_epochs=1", "limit_per_class=2",
-                         f"output_dir={tmp_path / 'outputs'}")
+                         "image_size=64", f"output_dir={tmp_path / 'outputs'}")
     assert "is now @champion" in result.stdout
     client = _client(tmp_path)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`wbc.kind` = 'train'",
@@ -226,7 +235,8 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     first, second, averaged = runs
     assert first.data.tags["mlflow.project.entryPoint"] == "main"
     assert first.data.params["arch"] == "efficientnet_lite0" and first.data.params["mode"] == "finetune"
-    assert first.data.params["augment"] == "standard" and first.data.params["image_size"] == "160"
+    assert first.data.params["augment"] == "standard"
+    assert [run.data.params["image_size"] for run in runs] == ["64"] * 3, "every stage at the size asked for"
     # stage 2 continues stage 1's model with the shift augmentation, in a run of its own
     assert second.data.params["init_from"] == f"runs:/{first.info.run_id}/model"
     assert second.data.params["augment"] == "robust" and second.data.params["epochs"] == "1"

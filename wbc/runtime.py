@@ -1,4 +1,4 @@
-"""Process set-up that must happen before the heavy work starts.
+"""Process set-up before the heavy work starts, and a quick way out after it.
 
 glibc's default malloc returns PyTorch's large per-batch buffers to the OS after every step;
 on small VMs the page faults that follow cost more than half the CPU throughput. These
@@ -8,8 +8,10 @@ settings keep freed memory in the process. glibc reads them only at start-up, so
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+from collections.abc import Callable
 
 MALLOC_SETTINGS = {
     "MALLOC_MMAP_MAX_": "0",
@@ -56,3 +58,33 @@ def tune_malloc_and_reexec() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, environment)
+
+
+def run_and_skip_teardown(command: Callable[[], object]) -> None:
+    """Run ``command``, which ends by raising SystemExit (as a click command does), then end the process
+    without the interpreter's teardown.
+
+    After the command, Python still joins the remaining threads and runs every atexit handler registered
+    since (MLflow's and logging's flushes, temporary-directory clean-up); only then does the process
+    leave, with ``os._exit`` and the command's status, instead of freeing the modules of torch, Lightning
+    and MLflow one by one (3-6 s a command on a 2-core machine). Call it before anything else registers an
+    atexit handler: handlers registered earlier would be skipped. Other exceptions leave the normal way.
+    """
+    status: list[int] = []
+
+    def leave() -> None:
+        if status:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(status[0])
+
+    atexit.register(leave)  # atexit runs handlers last-registered first, so this one runs last
+    try:
+        command()
+    except SystemExit as exit:
+        code = exit.code
+        status.append(0 if code is None else code if isinstance(code, int) else 1)
+        raise
