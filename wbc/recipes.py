@@ -10,7 +10,8 @@ ROBUST_EPOCHS = 3
 
 FAST_RECIPE = {"epochs": 6, "image_size": 160, "augment": "standard"}
 """The documented fast recipe: at most 20 minutes on the faster 2-core machines; on slower ones, add
-``head_epochs=0, freeze_stages=5, max_time=17, shiftbench=False`` to stay within 20 minutes (benchmarks/RESULTS.md)."""
+``head_epochs=0, freeze_stages=5, lr=2e-3, backbone_lr_scale=1, max_time=17, shiftbench=False`` to stay
+within 20 minutes (benchmarks/RESULTS.md)."""
 
 ROBUST_AVERAGE_WEIGHT = 0.7
 """``wbc main``, stage 3: the served model's weights are this mix of stage 2 with stage 1 (``wbc average``)."""
