@@ -28,4 +28,3 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-

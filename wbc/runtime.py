@@ -67,8 +67,9 @@ def run_and_skip_teardown(command: Callable[[], object]) -> None:
     After the command, Python still joins the remaining threads and runs every atexit handler registered
     since (MLflow's and logging's flushes, temporary-directory clean-up); only then does the process
     leave, with ``os._exit`` and the command's status, instead of freeing the modules of torch, Lightning
-    and MLflow one by one (about 4 s a command on a 2-core machine). Call it before anything else registers an
-    atexit handler: handlers registered earlier would be skipped. Other exceptions leave the normal way.
+    and MLflow one by one (about 4 s a command on a 2-core machine). Call it before anything else
+    registers an atexit handler: handlers registered earlier would be skipped. Other exceptions leave
+    the normal way.
     """
     status: list[int] = []
 
