@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers share the cores: one compute thread each, also in the processes they start
+    # (set before torch loads; more threads per worker oversubscribe the cores and slow the suite down)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import contextlib
 import signal
 import socket
 import subprocess
