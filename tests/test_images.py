@@ -42,6 +42,13 @@ def test_modes_convert_to_square_rgb(make, rgb, tmp_path):
     assert tensor.float().std() > 0 or path.name == "tiny.png"
 
 
+def test_tensor_is_the_array_channels_first(rgb, tmp_path):
+    path = _save(rgb, tmp_path / "cell.jpg")
+    tensor = decode_image(path, 24)
+    assert tensor.is_contiguous()
+    assert np.array_equal(tensor.numpy(), decode_image_array(path, 24).transpose(2, 0, 1))
+
+
 def test_sixteen_bit_keeps_its_range(tmp_path):
     values = np.full((10, 10), 40000, dtype=np.uint16)
     path = tmp_path / "deep.png"

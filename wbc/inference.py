@@ -273,7 +273,7 @@ class Predictor:
                 predictions.append(Prediction(name, None, str(error)))
         good = [p for p in predictions if p.error is None]
         if good:
-            scores = self.score_pixels(torch.stack(decoded))
+            scores = self.score_pixels(np.stack(decoded))
             for prediction, row, score, pixels in zip(good, scores.probabilities, scores.in_distribution_score, decoded):
                 prediction.probabilities = row
                 if keep_pixels:

@@ -111,4 +111,6 @@ def decode_image(source: ImageSource, size: int, *, name: str | None = None):
     """Like :func:`decode_image_array`, as a ``(3, size, size)`` uint8 torch tensor."""
     import torch
 
-    return torch.from_numpy(decode_image_array(source, size, name=name)).permute(2, 0, 1).contiguous()
+    # numpy copies on this thread; torch's permute().contiguous() would wake its OpenMP pool, whose
+    # spinning threads then slow ONNX Runtime's threads in the same process (served models).
+    return torch.from_numpy(np.ascontiguousarray(decode_image_array(source, size, name=name).transpose(2, 0, 1)))
