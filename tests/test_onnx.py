@@ -9,7 +9,7 @@ import torch
 
 from wbc.inference import EXPORT_CONFIG, ModelLoadError, Predictor, export_model
 from wbc.models import build_model
-from wbc.onnx_export import ONNX_FILE, TOLERANCE, OnnxNetwork
+from wbc.onnx_export import INT8_FILE, ONNX_FILE, TOLERANCE, OnnxNetwork
 
 
 def _images(count: int, size: int, seed: int = 1) -> torch.Tensor:
@@ -51,6 +51,37 @@ def test_re_export_without_onnx_removes_a_stale_onnx_file(tmp_path):
     assert (folder / ONNX_FILE).is_file()
     export_model(build_model("scratch"), 32, folder, onnx=False)
     assert not (folder / ONNX_FILE).exists(), "an ONNX file of other weights would be served"
+
+
+def test_int8_flavour_is_checked_recorded_and_served_only_on_request(tmp_path, monkeypatch):
+    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.5)  # a random tiny network has small margins
+    torch.manual_seed(0)
+    check = _images(64, 32)
+    folder = export_model(build_model("scratch").eval(), 32, tmp_path / "model", int8=True, check_images=check)
+    config = json.loads((folder / EXPORT_CONFIG).read_text())
+    assert (folder / INT8_FILE).is_file() and config["onnx_int8"]["weights_sha256"] == config["onnx"]["weights_sha256"]
+    assert (folder / INT8_FILE).stat().st_size < (folder / ONNX_FILE).stat().st_size
+    assert Predictor.load(folder).runtime == "onnx", "auto keeps the float flavour"
+    int8, float_ = Predictor.load(folder, runtime="onnx-int8"), Predictor.load(folder, runtime="onnx")
+    assert int8.runtime == "onnx-int8"
+    int8_probabilities, float_probabilities = int8.predict_pixels(check), float_.predict_pixels(check)
+    assert np.allclose(int8_probabilities.sum(axis=1), 1, atol=1e-4)
+    assert 0 < np.abs(int8_probabilities - float_probabilities).max(), "the int8 file is a real quantization"
+    agreement = (int8_probabilities.argmax(1) == float_probabilities.argmax(1)).mean()
+    assert agreement == pytest.approx(config["onnx_int8"]["top1_agreement"]) and agreement >= 0.5
+    export_model(build_model("scratch"), 32, folder)
+    assert not (folder / INT8_FILE).exists(), "an int8 file of other weights would be served"
+
+
+def test_int8_below_the_agreement_floor_is_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 1.01)
+    with pytest.warns(UserWarning, match=r"no int8 flavour: int8 picks the float network's class on [\d.]+ % of the check images \(at least 101.0 % needed\)"):
+        folder = export_model(build_model("scratch"), 32, tmp_path / "model", int8=True, check_images=_images(16, 32))
+    assert (folder / ONNX_FILE).is_file() and not (folder / INT8_FILE).exists()
+    assert sorted(path.name for path in folder.iterdir()) == ["model.json", "model.onnx", "weights.pt"], "no temporary files left"
+    assert "onnx_int8" not in json.loads((folder / EXPORT_CONFIG).read_text())
+    with pytest.raises(ModelLoadError, match=f"has no {INT8_FILE} \\(train with --int8, or `wbc calibrate RUN_ID --int8` adds it\\)"):
+        Predictor.load(folder, runtime="onnx-int8")
 
 
 def test_onnx_network_gives_the_same_answers_from_many_threads(tmp_path):
@@ -148,8 +179,11 @@ def test_served_model_uses_onnx_unless_told_otherwise(tmp_path, monkeypatch):
         answers[runtime] = served.predict(request)
     columns = [c for c in answers[""].columns if c.startswith("prob_")]
     assert np.abs(answers[""][columns].to_numpy() - answers["torch"][columns].to_numpy()).max() <= TOLERANCE
+    monkeypatch.setenv("WBC_RUNTIME", "onnx-int8")
+    with pytest.raises(Exception, match=f"has no {INT8_FILE}"):
+        mlflow.pyfunc.load_model(info.model_uri)
     monkeypatch.setenv("WBC_RUNTIME", "gpu")
-    with pytest.raises(Exception, match="WBC_RUNTIME='gpu' is invalid: set it to one of auto, onnx, torch"):
+    with pytest.raises(Exception, match="WBC_RUNTIME='gpu' is invalid: set it to one of auto, onnx, onnx-int8, torch"):
         mlflow.pyfunc.load_model(info.model_uri)
 
 

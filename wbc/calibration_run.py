@@ -40,10 +40,11 @@ def calibration_metrics(calibration: Calibration) -> dict[str, float]:
 
 
 def calibrate_run(
-    run_id: str, data_dir: str, target_error: float = DEFAULT_TARGET_ERROR, flag_rate: float = DEFAULT_FLAG_RATE
+    run_id: str, data_dir: str, target_error: float = DEFAULT_TARGET_ERROR, flag_rate: float = DEFAULT_FLAG_RATE,
+    int8: bool = False,
 ) -> Calibration:
     """Calibrate the model logged by training run ``run_id`` and log the calibrated model (with its ONNX
-    flavour) in the same run.
+    flavour, and with ``int8`` its int8 quantization) in the same run.
 
     The run's earlier model stays (and so do registered versions made from it); ``runs:/<id>/model``
     and the next ``wbc register`` use the calibrated one.
@@ -56,7 +57,7 @@ def calibrate_run(
     calibration, _ = calibrate(Predictor(model, image_size), valid, target_error, flag_rate)
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id):
         export_dir = export_model(model, image_size, Path(scratch) / "model", calibration,
-                                  check_images=valid.pixels)
+                                  int8=int8, check_images=valid.pixels)
         mlflow.log_metrics(calibration_metrics(calibration) | export_metrics(export_dir))
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
     return calibration

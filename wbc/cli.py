@@ -119,6 +119,7 @@ def training_options(function=None, **defaults):
         _option("--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."),
         click.option("--shiftbench/--no-shiftbench", default=True, show_default=True, help="After training, score the model on the shifted validation benchmark (val_robust_acc, what wbc register selects on)."),
         click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the logged model's ONNX flavour too (served faster by ONNX Runtime); --no-onnx saves the export's time for models you will not serve."),
+        click.option("--int8/--no-int8", default=False, show_default=True, help="Also export an int8 quantization of the ONNX flavour (about 1.5x faster on CPU, answers may differ on ~1 % of images; served with WBC_RUNTIME=onnx-int8)."),
         _option("--skip-bad-images", is_flag=True, help="Skip unreadable training images with a warning instead of failing."),
         _option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False)),
         _option("--experiment", default="wbc", show_default=True),
@@ -290,15 +291,16 @@ def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch
 @_data_dir_option
 @click.option("--target-error", default=0.005, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Error rate allowed among cells not flagged for review (valid).")
 @click.option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of clean validation images the out-of-distribution flag may fire on.")
+@click.option("--int8", is_flag=True, help="Also export the int8 quantization of the ONNX flavour (served with WBC_RUNTIME=onnx-int8).")
 @_user_errors
-def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float) -> None:
+def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float, int8: bool) -> None:
     """Fit temperature, review threshold and OOD threshold on valid for training run RUN_ID's model, and
     log the calibrated model, with its ONNX flavour, in that run (new trainings have both already)."""
     from wbc.calibration_run import calibrate_run
     from wbc.tracking import configure_tracking
 
     configure_tracking()
-    calibration = calibrate_run(run_id, data_dir, target_error, flag_rate)
+    calibration = calibrate_run(run_id, data_dir, target_error, flag_rate, int8=int8)
     click.echo(
         f"temperature {calibration.temperature:.3f}; ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}; "
         f"review below confidence {calibration.review_threshold:.4f} ({100 * (1 - calibration.accepted_fraction):.1f} % of valid, "
@@ -309,7 +311,7 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float)
 
     from wbc.model_registry import DEFAULT_MODEL_NAME, replace_run_versions
 
-    click.echo(f"logged the calibrated model (ONNX flavour included) in run {run_id}")
+    click.echo(f"logged the calibrated model (ONNX flavour{' and its int8 quantization' if int8 else ''} included) in run {run_id}")
     try:
         replaced = replace_run_versions(run_id)
     except MlflowException as error:
@@ -348,7 +350,7 @@ def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @_tta_option
 @click.option("--runtime", default="auto", show_default=True, type=click.Choice(RUNTIMES),
-              help="onnx: the model's ONNX flavour in ONNX Runtime; torch: PyTorch; auto: ONNX when the model has it.")
+              help="onnx: the model's ONNX flavour in ONNX Runtime; onnx-int8: its int8 quantization (faster, answers may differ); torch: PyTorch; auto: ONNX when the model has it.")
 @_user_errors
 def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool, runtime: str) -> None:
     """Classify image files (or every file in folders); write a CSV and print the differential count."""

@@ -5,7 +5,8 @@ goes through :class:`Predictor`, so they preprocess and score identically.
 
 An exported model is a folder with ``weights.pt`` (a plain state dict), ``model.json``
 (architecture, image size, class names, calibration) and, when the export checked out, ``model.onnx``
-(the same network for ONNX Runtime, :mod:`wbc.onnx_export`). Checkpoints and weights load with ``torch.load(weights_only=True)``:
+(the same network for ONNX Runtime, :mod:`wbc.onnx_export`), and when asked for, ``model.int8.onnx`` (its int8
+quantization). Checkpoints and weights load with ``torch.load(weights_only=True)``:
 no pickled objects are ever executed.
 """
 
@@ -26,7 +27,7 @@ from wbc.checkpointing import atomic_torch_save
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
 from wbc.models import Classifier, build_model
-from wbc.onnx_export import ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, export_onnx, file_digest
+from wbc.onnx_export import INT8_FILE, ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, export_onnx, file_digest, quantize_onnx
 
 EXPORT_WEIGHTS = "weights.pt"
 EXPORT_CONFIG = "model.json"
@@ -43,14 +44,17 @@ def export_model(
     calibration: Calibration | None = None,
     *,
     onnx: bool = True,
+    int8: bool = False,
     check_images=None,
 ) -> Path:
     """Write ``model`` as ``weights.pt`` + ``model.json`` (with its calibration, if any) in ``directory``,
     and with ``onnx`` also ``model.onnx``, checked against PyTorch on ``check_images`` (a warning and no
-    ONNX file when that cannot be done: the model is then served by PyTorch)."""
+    ONNX file when that cannot be done: the model is then served by PyTorch). With ``int8`` also
+    ``model.int8.onnx``, calibrated and checked on ``check_images`` (a warning and no file when it fails)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / ONNX_FILE).unlink(missing_ok=True)  # never beside other weights than its own
+    for stale in (ONNX_FILE, INT8_FILE):  # never beside other weights than their own
+        (directory / stale).unlink(missing_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     atomic_torch_save(state, directory / EXPORT_WEIGHTS)
     config = {"arch": model.arch, "image_size": image_size, "classes": list(CLASS_NAMES), "format": 1}
@@ -62,6 +66,12 @@ def export_model(
             config["onnx"] = {"max_probability_difference": difference, "weights_sha256": file_digest(directory / EXPORT_WEIGHTS)}
         except OnnxUnavailable as error:
             warnings.warn(f"{directory}: no ONNX flavour, the model will be served by PyTorch: {error}", stacklevel=2)
+    if int8 and "onnx" in config:
+        try:
+            agreement = quantize_onnx(directory / ONNX_FILE, directory / INT8_FILE, check_images if check_images is not None else _random_images(image_size))
+            config["onnx_int8"] = {"top1_agreement": agreement, "weights_sha256": config["onnx"]["weights_sha256"]}
+        except OnnxUnavailable as error:
+            warnings.warn(f"{directory}: no int8 flavour: {error}", stacklevel=2)
     temporary = directory / (EXPORT_CONFIG + ".tmp")
     temporary.write_text(json.dumps(config, indent=2))
     os.replace(temporary, directory / EXPORT_CONFIG)
@@ -70,8 +80,11 @@ def export_model(
 
 def export_metrics(directory: str | os.PathLike) -> dict[str, float]:
     """What a run records about its exported model (the ONNX check, when there is an ONNX flavour)."""
-    onnx = load_export_config(directory).get("onnx")
-    return {"onnx_max_probability_difference": onnx["max_probability_difference"]} if onnx else {}
+    config = load_export_config(directory)
+    metrics = {"onnx_max_probability_difference": config["onnx"]["max_probability_difference"]} if "onnx" in config else {}
+    if "onnx_int8" in config:
+        metrics["onnx_int8_top1_agreement"] = config["onnx_int8"]["top1_agreement"]
+    return metrics
 
 
 def load_export_config(path: str | os.PathLike) -> dict:
@@ -80,16 +93,22 @@ def load_export_config(path: str | os.PathLike) -> dict:
     return json.loads(config_path.read_text()) if config_path.is_file() else {}
 
 
-def _onnx_network(folder: Path) -> OnnxNetwork:
-    """The exported folder's ONNX flavour, if it has one made from its current weights."""
+def _onnx_network(folder: Path, int8: bool = False) -> OnnxNetwork:
+    """The exported folder's ONNX flavour (or its int8 one), if it has one made from its current weights."""
     if not folder.is_dir():
         raise OnnxUnavailable(f"{folder.name} is a checkpoint: ONNX comes with exported models (outputs/<run>/model, MLflow URIs)")
-    entry = load_export_config(folder).get("onnx")
-    if not entry or not (folder / ONNX_FILE).is_file():
-        raise OnnxUnavailable(f"has no {ONNX_FILE} (models logged before ONNX export: `wbc calibrate RUN_ID` adds it)")
+    filename, key = (INT8_FILE, "onnx_int8") if int8 else (ONNX_FILE, "onnx")
+    entry = load_export_config(folder).get(key)
+    if not entry or not (folder / filename).is_file():
+        how = "train with --int8, or `wbc calibrate RUN_ID --int8` adds it" if int8 else "models logged before ONNX export: `wbc calibrate RUN_ID` adds it"
+        raise OnnxUnavailable(f"has no {filename} ({how})")
     if entry.get("weights_sha256") != file_digest(folder / EXPORT_WEIGHTS):
-        raise OnnxUnavailable(f"{folder / ONNX_FILE} was not exported from this folder's {EXPORT_WEIGHTS}")
-    return OnnxNetwork(folder / ONNX_FILE)
+        raise OnnxUnavailable(f"{folder / filename} was not exported from this folder's {EXPORT_WEIGHTS}")
+    return OnnxNetwork(folder / filename)
+
+
+def _random_images(image_size: int) -> torch.Tensor:
+    return torch.randint(0, 256, (8, 3, image_size, image_size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration | None:
@@ -197,8 +216,9 @@ class Predictor:
     def load(cls, path: str | os.PathLike, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> "Predictor":
         """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI.
 
-        ``runtime``: ``onnx`` runs the exported ``model.onnx`` with ONNX Runtime, ``torch`` runs PyTorch,
-        ``auto`` (default) takes ONNX when the model has it and onnxruntime is installed.
+        ``runtime``: ``onnx`` runs the exported ``model.onnx`` with ONNX Runtime, ``onnx-int8`` its int8
+        quantization ``model.int8.onnx`` (faster, answers may differ; never chosen by ``auto``), ``torch`` runs
+        PyTorch, ``auto`` (default) takes ONNX when the model has it and onnxruntime is installed.
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime={runtime!r} is invalid: choose one of {', '.join(RUNTIMES)}")
@@ -207,9 +227,9 @@ class Predictor:
         network = None
         if runtime != "torch":
             try:
-                network = _onnx_network(resolved)
+                network = _onnx_network(resolved, int8=runtime == "onnx-int8")
             except OnnxUnavailable as error:
-                if runtime == "onnx":
+                if runtime != "auto":
                     raise ModelLoadError(f"{path}: {error}") from None
                 if resolved.is_dir() and (resolved / ONNX_FILE).exists():
                     warnings.warn(f"{error}; running the model in PyTorch instead", stacklevel=2)
@@ -217,7 +237,9 @@ class Predictor:
 
     @property
     def runtime(self) -> str:
-        return "torch" if self.network is None else "onnx"
+        if self.network is None:
+            return "torch"
+        return "onnx-int8" if self.network.path.name == INT8_FILE else "onnx"
 
     @property
     def temperature(self) -> float:

@@ -32,13 +32,14 @@ def log_model_run(
     data_dir: str,
     shiftbench: bool = True,
     onnx: bool = True,
+    int8: bool = False,
     seed: int = 0,
     limit_per_class: int = 0,
     progress: bool = True,
 ) -> LoggedModel:
     """Into the active run: calibrate on ``valid``, log accuracy / macro-F1 / calibration metrics and the
     reports, run the shifted benchmark, export the calibrated model to ``export_dir`` (with ``onnx``, also its
-    ONNX flavour, checked on all of ``valid``) and log it as pyfunc."""
+    ONNX flavour, checked on all of ``valid``, and with ``int8`` its int8 quantization) and log it as pyfunc."""
     from wbc.serving import log_pyfunc_model
 
     calibration, logits = calibrate(Predictor(model, image_size), valid)
@@ -54,7 +55,7 @@ def log_model_run(
         bench = run_shiftbench(Predictor(model, image_size, calibration=calibration), data_dir,
                                seed=seed, limit_per_class=limit_per_class, progress=progress)
         log_shiftbench_here(bench)
-    export_model(model, image_size, export_dir, calibration, onnx=onnx, check_images=valid.pixels)
+    export_model(model, image_size, export_dir, calibration, onnx=onnx, int8=int8, check_images=valid.pixels)
     mlflow.log_metrics(export_metrics(export_dir))
     log_pyfunc_model(export_dir, example_image=valid.paths[0])
     return LoggedModel(evaluation, bench)

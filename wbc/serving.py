@@ -11,7 +11,8 @@ row can be scored is refused with HTTP 400 and the reason.
 
 Preprocessing is :class:`wbc.inference.Predictor`'s, the same as ``wbc evaluate`` and ``wbc predict``.
 The network runs in ONNX Runtime when the model carries ``model.onnx`` (about twice as fast in the
-server), else in PyTorch; ``WBC_RUNTIME=torch`` (or ``onnx``) in the server's environment chooses.
+server), else in PyTorch; ``WBC_RUNTIME=torch`` (or ``onnx``, or ``onnx-int8`` for the int8 quantization
+a model exported with ``--int8`` carries) in the server's environment chooses.
 """
 
 from __future__ import annotations

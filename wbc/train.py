@@ -81,6 +81,8 @@ class TrainConfig:
     """After training, score the model on the shifted validation benchmark (``val_robust_acc``, the registry's metric)."""
     onnx: bool = True
     """Export the logged model's ONNX flavour too (served faster); the export takes seconds to a minute."""
+    int8: bool = False
+    """Also export an int8 quantization of the ONNX flavour (served with ``WBC_RUNTIME=onnx-int8``)."""
     seed: int = 0
     max_time: float | None = None
     """Stop training after this many minutes; the learning-rate decay follows the clock when it is ahead
@@ -444,7 +446,7 @@ def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config) -> T
     plt.close(figure)
     logged = log_model_run(
         model, image_size, datamodule.datasets["valid"], Path(best_checkpoint).parent.parent / "model",
-        data_dir=config.data_dir, shiftbench=config.shiftbench, onnx=config.onnx, seed=config.seed,
+        data_dir=config.data_dir, shiftbench=config.shiftbench, onnx=config.onnx, int8=config.int8, seed=config.seed,
         limit_per_class=config.limit_per_class, progress=config.progress,
     )
     evaluation = logged.evaluation
