@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from wbc.classes import CLASS_NAMES
 from wbc.cli import cli
+from wbc.inference import Predictor
 from wbc.train import TrainConfig, train
 
 from conftest import isolated
@@ -189,6 +190,20 @@ def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, 
     served = Path(mlflow.artifacts.download_artifacts(f"models:/wbc-classifier@champion")) / "artifacts" / "model"
     assert json.loads((served / "model.json").read_text())["calibration"]["target_error"] == 0.2
     assert (served / "model.onnx").is_file()
+
+
+def test_calibrate_adds_the_int8_flavour_to_a_run_in_another_experiment(synthetic_data, monkeypatch):
+    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.0)  # a one-epoch network's margins are small
+    trained = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16,
+                                image_size=32, progress=False, shiftbench=False, experiment="elsewhere"))
+    result = invoke("calibrate", trained.run_id, "--data-dir", synthetic_data, "--int8")
+    assert result.exit_code == 0, result.output
+    assert f"(ONNX flavour and its int8 quantization included) in run {trained.run_id}" in result.output
+    run = mlflow.MlflowClient().get_run(trained.run_id)
+    assert 0 <= run.data.metrics["onnx_int8_top1_agreement"] <= 1
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model")) / "artifacts" / "model"
+    assert (folder / "model.int8.onnx").is_file()
+    assert Predictor.load(folder, runtime="onnx-int8").runtime == "onnx-int8"
 
 
 def test_the_command_line_and_the_registry_agree_on_the_selection_metric():

@@ -12,6 +12,7 @@ from wbc.calibration import DEFAULT_FLAG_RATE, DEFAULT_TARGET_ERROR, Calibration
 from wbc.data import load_split
 from wbc.data.datamodule import DecodedImageDataset
 from wbc.inference import Predictor, export_metrics, export_model, load_model, resolve_model
+from wbc.tracking import reopen_run
 
 
 def calibrate(
@@ -55,7 +56,7 @@ def calibrate_run(
     model, image_size = load_model(source)
     valid = load_split(data_dir, "valid", image_size)
     calibration, _ = calibrate(Predictor(model, image_size), valid, target_error, flag_rate)
-    with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as scratch, reopen_run(run_id):
         export_dir = export_model(model, image_size, Path(scratch) / "model", calibration,
                                   int8=int8, check_images=valid.pixels)
         mlflow.log_metrics(calibration_metrics(calibration) | export_metrics(export_dir))

@@ -34,6 +34,13 @@ def configure_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
     return uri
 
 
+def reopen_run(run_id: str):
+    """``mlflow.start_run`` on an existing run, whichever experiment it is in (MLflow refuses a run
+    outside the active experiment)."""
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+    return mlflow.start_run(run_id=run_id)
+
+
 def _equivalent(logged: str, value, normalise) -> bool:
     if logged == str(value) or normalise(logged) == normalise(str(value)):
         return True

@@ -29,6 +29,7 @@ from wbc.tracking import (
     RUN_KIND_TAG,
     configure_tracking,
     log_params_once,
+    reopen_run,
     run_tags,
     training_curves_figure,
 )
@@ -270,7 +271,7 @@ def train(config: TrainConfig) -> TrainResult | None:
     if not tracking:
         run_context = nullcontext(None)
     elif resumed is not None:
-        run_context = mlflow.start_run(run_id=resumed.info.run_id)
+        run_context = reopen_run(resumed.info.run_id)
     else:
         # inside an active run (a study such as `wbc compare`) the training run is its child
         run_context = mlflow.start_run(
