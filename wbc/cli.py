@@ -62,6 +62,10 @@ def cli(verbose: bool) -> None:
 _tta_option = click.option(
     "--tta", is_flag=True, help="Average over the 8 flips/rotations of each image (8x slower)."
 )
+_runtime_option = click.option(
+    "--runtime", default="auto", show_default=True, type=click.Choice(RUNTIMES),
+    help="onnx: the model's ONNX flavour in ONNX Runtime; onnx-int8: its int8 quantization (faster, answers may differ); torch: PyTorch; auto: ONNX when the model has it.",
+)
 
 
 def _data_dir_option(function):
@@ -331,13 +335,15 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the evaluation as an MLflow run.")
 @click.option("--experiment", default="wbc", show_default=True)
 @_tta_option
+@_runtime_option
 @_user_errors
-def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size: int, track: bool, experiment: str, tta: bool) -> None:
+def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size: int, track: bool, experiment: str, tta: bool, runtime: str) -> None:
     """Score MODEL (checkpoint, exported folder or MLflow model URI) on a data split; write the reports."""
     from wbc.evaluation_run import evaluate_model
 
     evaluation, files = evaluate_model(
-        model, data_dir, split, output_dir=output_dir, batch_size=batch_size, track=track, experiment=experiment, tta=tta
+        model, data_dir, split, output_dir=output_dir, batch_size=batch_size, track=track, experiment=experiment, tta=tta,
+        runtime=runtime,
     )
     click.echo(evaluation.summary())
     click.echo("wrote " + ", ".join(str(path) for path in files))
@@ -349,8 +355,7 @@ def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size:
 @click.option("--output", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @_tta_option
-@click.option("--runtime", default="auto", show_default=True, type=click.Choice(RUNTIMES),
-              help="onnx: the model's ONNX flavour in ONNX Runtime; onnx-int8: its int8 quantization (faster, answers may differ); torch: PyTorch; auto: ONNX when the model has it.")
+@_runtime_option
 @_user_errors
 def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool, runtime: str) -> None:
     """Classify image files (or every file in folders); write a CSV and print the differential count."""

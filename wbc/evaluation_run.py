@@ -22,8 +22,9 @@ def evaluate_model(
     track: bool = True,
     experiment: str = "wbc",
     tta: bool = False,
+    runtime: str = "auto",
 ) -> tuple[Evaluation, list[Path]]:
-    predictor = Predictor.load(model, batch_size=batch_size, tta=tta)
+    predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
     dataset = load_split(data_dir, split, predictor.image_size)
     probabilities = predictor.predict_pixels(dataset.pixels)
     evaluation = Evaluation.from_predictions(dataset.targets, probabilities.argmax(axis=1))
