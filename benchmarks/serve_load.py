@@ -5,8 +5,8 @@ Usage (from the project folder, with a registered champion in ./mlflow.db):
 
 Starts the server itself on a free 127.0.0.1 port, sends a fixed number of requests for each
 (concurrent clients, images per request) pair, prints a Markdown table, and stops the server; once
-per variant (default: the model in ONNX Runtime, then in eager PyTorch; ``--compare malloc``: the
-server started plainly, then with the MALLOC_* variables).
+per variant (default: the model in ONNX Runtime, then in eager PyTorch, ``--runtimes onnx,onnx-int8,torch``
+adds the int8 flavour; ``--compare malloc``: the server started plainly, then with the MALLOC_* variables).
 """
 
 from __future__ import annotations
@@ -64,12 +64,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=240, help="single-image requests per concurrency level")
     parser.add_argument("--batch-requests", type=int, default=48, help="32-image requests per concurrency level")
     parser.add_argument("--compare", choices=["runtime", "malloc"], default="runtime",
-                        help="runtime: the model in ONNX Runtime, then in eager PyTorch (WBC_RUNTIME); "
+                        help="runtime: one server per --runtimes entry (WBC_RUNTIME); "
                              "malloc: a server started plainly, then with the MALLOC_* variables")
+    parser.add_argument("--runtimes", default="onnx,torch",
+                        help="with --compare runtime: the WBC_RUNTIME values, in order (onnx-int8 needs a model exported with --int8)")
     args = parser.parse_args()
 
     if args.compare == "runtime":
-        variants = [("WBC_RUNTIME=onnx", {"WBC_RUNTIME": "onnx"}), ("WBC_RUNTIME=torch", {"WBC_RUNTIME": "torch"})]
+        variants = [(f"WBC_RUNTIME={runtime}", {"WBC_RUNTIME": runtime}) for runtime in args.runtimes.split(",")]
     else:
         variants = [("plain environment", {}), ("MALLOC_* variables in the environment", MALLOC_SETTINGS)]
     for label, settings in variants:
