@@ -1,7 +1,8 @@
-"""Inference throughput of a served model: eager PyTorch against ONNX Runtime, on the main thread and on a
-worker thread (where `mlflow models serve` runs the model), as ratios from one process.
+"""Inference throughput of a served model: eager PyTorch against ONNX Runtime (and its int8 flavour), on the
+main thread and on a worker thread (where `mlflow models serve` runs the model), as ratios from one process.
 
 Usage: python benchmarks/inference_runtimes.py [--model "models:/wbc-classifier@champion"] [--data-dir ../shared/data]
+       [--runtimes torch,onnx,onnx-int8]
 
 Rows: the network alone on 32 decoded validation images per call, and the whole pyfunc ``predict`` on 32
 base64 JPEGs per call (decode, network, calibration, output table). The process is started with wbc's
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--runtimes", default="torch,onnx", help="comma-separated, the first is the base of the ratios")
     args = parser.parse_args()
 
     folder = resolve_model(args.model)
@@ -50,7 +52,8 @@ def main() -> None:
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     rows = []
     worker = ThreadPoolExecutor(1)
-    for runtime in ("torch", "onnx"):
+    runtimes = args.runtimes.split(",")
+    for runtime in runtimes:
         predictor = Predictor.load(folder, runtime=runtime)
         pixels = torch.stack([decode_image(path, predictor.image_size) for path in files])
         served = WBCImageClassifier()
@@ -64,12 +67,15 @@ def main() -> None:
             worker_rate = worker.submit(rate, call, len(files), args.seconds).result()
             rows.append((what, runtime, main_rate, worker_rate))
     worker.shutdown()
-    base = {what: worker_rate for what, runtime, _, worker_rate in rows if runtime == "torch"}
-    print("| what | runtime | main thread img/s | worker thread img/s | worker thread vs torch |\n|---|---|---|---|---|")
+    base = {what: worker_rate for what, runtime, _, worker_rate in rows if runtime == runtimes[0]}
+    print(f"| what | runtime | main thread img/s | worker thread img/s | worker thread vs {runtimes[0]} |\n|---|---|---|---|---|")
     for what, runtime, main_rate, worker_rate in rows:
         print(f"| {what} | {runtime} | {main_rate:.0f} | {worker_rate:.0f} | x{worker_rate / base[what]:.2f} |")
-    probabilities = [Predictor.load(folder, runtime=runtime).predict_pixels(pixels) for runtime in ("torch", "onnx")]
-    print(f"largest probability difference, onnx vs torch: {np.abs(probabilities[0] - probabilities[1]).max():.2e}")
+    probabilities = {runtime: Predictor.load(folder, runtime=runtime).predict_pixels(pixels) for runtime in runtimes}
+    for runtime in runtimes[1:]:
+        difference = np.abs(probabilities[runtime] - probabilities[runtimes[0]])
+        same = (probabilities[runtime].argmax(1) == probabilities[runtimes[0]].argmax(1)).mean()
+        print(f"{runtime} vs {runtimes[0]}: largest probability difference {difference.max():.2e}, same class on {100 * same:.1f} % of the images")
 
 
 if __name__ == "__main__":
