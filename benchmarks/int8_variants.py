@@ -60,10 +60,10 @@ def main() -> None:
     classifier = [node.name for node in nodes if node.op_type in ("Gemm", "MatMul")]
     variants = {
         "all layers, 8-bit weights": dict(reduce_range=False, nodes_to_exclude=[]),
-        "all layers, 7-bit weights": dict(reduce_range=True, nodes_to_exclude=[]),
         "depthwise convolutions float, 8-bit weights": dict(reduce_range=False, nodes_to_exclude=depthwise),
         "depthwise convolutions float, 7-bit weights": dict(reduce_range=True, nodes_to_exclude=depthwise),
         "classifier float, 7-bit weights": dict(reduce_range=True, nodes_to_exclude=classifier),
+        "first convolution and classifier float, 7-bit weights": dict(reduce_range=True, nodes_to_exclude=[convolutions[0].name] + classifier),
     }
     files = {"float (model.onnx)": folder / ONNX_FILE}
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns once per layer
@@ -73,7 +73,7 @@ def main() -> None:
             files[name] = scratch / f"{len(files)}.onnx"
             quantize_static(str(prepared), str(files[name]), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
-        files["wbc: first convolution and classifier float, 7-bit weights"] = scratch / "wbc.onnx"
+        files["wbc (quantize_onnx): all layers, 7-bit weights"] = scratch / "wbc.onnx"
         quantize_onnx(folder / ONNX_FILE, scratch / "wbc.onnx", pixels)
 
     networks = {name: OnnxNetwork(path, threads=2) for name, path in files.items()}

@@ -107,17 +107,16 @@ def quantize_onnx(float_path: str | os.PathLike, path: str | os.PathLike, check_
     """Write an int8 copy of the ONNX network at ``float_path`` to ``path``; return the share of
     ``check_images`` (uint8 (N, 3, S, S), e.g. a split's decoded pixels) on which both pick the same class.
 
-    Static quantization in ONNX Runtime: weights per channel, activations with ranges measured on up to
-    :data:`INT8_CALIBRATION_IMAGES` images spread over ``check_images``; the first convolution and the
-    classifier stay in float. Weights use 7 bits: on CPUs without VNNI, 8-bit weights overflow ONNX
-    Runtime's int16 accumulation and flip many answers. Raises :class:`OnnxUnavailable` (no file is left
+    Static quantization in ONNX Runtime of every layer: weights per channel, activations with ranges
+    measured on up to :data:`INT8_CALIBRATION_IMAGES` images spread over ``check_images``. Weights use
+    7 bits: on CPUs without VNNI, 8-bit weights overflow ONNX Runtime's int16 accumulation and flip many
+    answers (benchmarks/int8_variants.py compares the choices). Raises :class:`OnnxUnavailable` (no file is left
     behind) when quantization fails or agreement is below :data:`INT8_MIN_AGREEMENT`.
     """
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     prepared = path.with_name(path.name + ".prepared.tmp")
     try:
-        import onnx
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -135,13 +134,9 @@ def quantize_onnx(float_path: str | os.PathLike, path: str | os.PathLike, check_
         with warnings.catch_warnings(), _quiet("root"):
             warnings.simplefilter("ignore")
             quant_pre_process(str(float_path), str(prepared))
-            graph = onnx.load(str(prepared)).graph
-            convolutions = [node.name for node in graph.node if node.op_type == "Conv"]
-            keep_float = convolutions[:1] + [node.name for node in graph.node if node.op_type in ("Gemm", "MatMul")]
             quantize_static(
                 str(prepared), str(temporary), _Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                 reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=keep_float,
             )
         float_network, int8_network, same = OnnxNetwork(float_path), OnnxNetwork(temporary), 0
         for start in range(0, len(check_images), CHECK_BATCH):
@@ -155,7 +150,7 @@ def quantize_onnx(float_path: str | os.PathLike, path: str | os.PathLike, check_
     except OnnxUnavailable:
         raise
     except ImportError as error:
-        raise OnnxUnavailable(f"int8 quantization needs onnx and onnxruntime ({error})") from None
+        raise OnnxUnavailable(f"int8 quantization needs onnxruntime ({error})") from None
     except Exception as error:  # noqa: BLE001 - the quantizer raises many types; the float flavours still work
         raise OnnxUnavailable(f"int8 quantization failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
     finally:
