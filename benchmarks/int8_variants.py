@@ -30,26 +30,17 @@ def main() -> None:
     args = parser.parse_args()
 
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from wbc.data import load_split
     from wbc.inference import load_export_config, resolve_model
-    from wbc.onnx_export import INT8_CALIBRATION_IMAGES, ONNX_FILE, OnnxNetwork, quantize_onnx
+    from wbc.onnx_export import ONNX_FILE, OnnxNetwork, calibration_reader, quantize_onnx
 
     folder = resolve_model(args.model)
     image_size = int(load_export_config(folder)["image_size"])
     valid = load_split(args.data_dir, "valid", image_size)
     pixels, targets = np.asarray(valid.pixels), np.asarray(valid.targets)
-    calibration = pixels[:: max(1, len(pixels) // INT8_CALIBRATION_IMAGES)][:INT8_CALIBRATION_IMAGES]
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.starts = iter(range(0, len(calibration), 32))
-
-        def get_next(self):
-            start = next(self.starts, None)
-            return None if start is None else {"images": calibration[start : start + 32]}
 
     scratch = Path(tempfile.mkdtemp(prefix="wbc-int8-"))
     prepared = scratch / "prepared.onnx"
@@ -71,7 +62,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         for name, options in variants.items():
             files[name] = scratch / f"{len(files)}.onnx"
-            quantize_static(str(prepared), str(files[name]), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(prepared), str(files[name]), calibration_reader(pixels), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
         files["wbc (quantize_onnx): all layers, 7-bit weights"] = scratch / "wbc.onnx"
         quantize_onnx(folder / ONNX_FILE, scratch / "wbc.onnx", pixels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +73,7 @@ def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, che
     model = model.eval()
     example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
     temporary = path.with_name(path.name + ".tmp")
-    try:
+    with _failures_unavailable("ONNX export", "onnx, onnxscript and onnxruntime", temporary):
         with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -93,14 +94,25 @@ def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, che
             raise OnnxUnavailable(f"ONNX Runtime differs from PyTorch by {difference:.2e} (limit {TOLERANCE:.0e})")
         os.replace(temporary, path)
         return difference
-    except OnnxUnavailable:
-        raise
-    except ImportError as error:
-        raise OnnxUnavailable(f"ONNX export needs onnx, onnxscript and onnxruntime ({error})") from None
-    except Exception as error:  # noqa: BLE001 - the exporter raises many types; PyTorch serving still works
-        raise OnnxUnavailable(f"ONNX export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
+
+
+def calibration_reader(images):
+    """An ONNX Runtime calibration reader over up to :data:`INT8_CALIBRATION_IMAGES` of ``images`` (uint8
+    (N, 3, S, S)), taken evenly spaced, 32 per batch."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    step = max(1, len(images) // INT8_CALIBRATION_IMAGES)
+    chosen = np.array(images[::step][:INT8_CALIBRATION_IMAGES])
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.starts = iter(range(0, len(chosen), 32))
+
+        def get_next(self):
+            start = next(self.starts, None)
+            return None if start is None else {"images": chosen[start : start + 32]}
+
+    return Batches()
 
 
 def quantize_onnx(float_path: str | os.PathLike, path: str | os.PathLike, check_images) -> float:
@@ -108,35 +120,24 @@ def quantize_onnx(float_path: str | os.PathLike, path: str | os.PathLike, check_
     ``check_images`` (uint8 (N, 3, S, S), e.g. a split's decoded pixels) on which both pick the same class.
 
     Static quantization in ONNX Runtime of every layer: weights per channel, activations with ranges
-    measured on up to :data:`INT8_CALIBRATION_IMAGES` images spread over ``check_images``. Weights use
-    7 bits: on CPUs without VNNI, 8-bit weights overflow ONNX Runtime's int16 accumulation and flip many
-    answers (benchmarks/int8_variants.py compares the choices). Raises :class:`OnnxUnavailable` (no file is left
+    measured on :func:`calibration_reader`'s images of ``check_images``. Weights use 7 bits: on CPUs
+    without VNNI, 8-bit weights overflow ONNX Runtime's int16 accumulation and flip many answers
+    (benchmarks/int8_variants.py compares the choices). Raises :class:`OnnxUnavailable` (no file is left
     behind) when quantization fails or agreement is below :data:`INT8_MIN_AGREEMENT`.
     """
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     prepared = path.with_name(path.name + ".prepared.tmp")
-    try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    with _failures_unavailable("int8 quantization", "onnxruntime", temporary, prepared):
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        step = max(1, len(check_images) // INT8_CALIBRATION_IMAGES)
-        calibration = np.array(check_images[::step][:INT8_CALIBRATION_IMAGES])
-
-        class _Batches(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.batches = iter(range(0, len(calibration), 32))
-
-            def get_next(self):
-                start = next(self.batches, None)
-                return None if start is None else {"images": calibration[start : start + 32]}
 
         with warnings.catch_warnings(), _quiet("root"):
             warnings.simplefilter("ignore")
             quant_pre_process(str(float_path), str(prepared))
             quantize_static(
-                str(prepared), str(temporary), _Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                str(prepared), str(temporary), calibration_reader(check_images), quant_format=QuantFormat.QDQ,
+                per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )
         float_network, int8_network, same = OnnxNetwork(float_path), OnnxNetwork(temporary), 0
         for start in range(0, len(check_images), CHECK_BATCH):
@@ -147,15 +148,23 @@ def quantize_onnx(float_path: str | os.PathLike, path: str | os.PathLike, check_
             raise OnnxUnavailable(f"int8 picks the float network's class on {100 * agreement:.2f} % of the check images (at least {100 * INT8_MIN_AGREEMENT:.1f} % needed)")
         os.replace(temporary, path)
         return agreement
+
+
+@contextmanager
+def _failures_unavailable(what: str, packages: str, *scratch_files: Path):
+    """Any failure inside becomes one :class:`OnnxUnavailable` line (the exporters and the quantizer raise
+    many types; PyTorch serving still works); ``scratch_files`` are removed whatever happens."""
+    try:
+        yield
     except OnnxUnavailable:
         raise
     except ImportError as error:
-        raise OnnxUnavailable(f"int8 quantization needs onnxruntime ({error})") from None
-    except Exception as error:  # noqa: BLE001 - the quantizer raises many types; the float flavours still work
-        raise OnnxUnavailable(f"int8 quantization failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        raise OnnxUnavailable(f"{what} needs {packages} ({error})") from None
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        raise OnnxUnavailable(f"{what} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
     finally:
-        temporary.unlink(missing_ok=True)
-        prepared.unlink(missing_ok=True)
+        for scratch in scratch_files:
+            scratch.unlink(missing_ok=True)
 
 
 class OnnxNetwork:
