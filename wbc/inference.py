@@ -27,7 +27,17 @@ from wbc.checkpointing import atomic_torch_save
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
 from wbc.models import Classifier, build_model
-from wbc.onnx_export import INT8_FILE, ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, export_onnx, file_digest, quantize_onnx
+from wbc.onnx_export import (
+    INT8_FILE,
+    ONNX_FILE,
+    RUNTIMES,
+    OnnxNetwork,
+    OnnxUnavailable,
+    export_onnx,
+    file_digest,
+    quantize_onnx,
+    random_check_images,
+)
 
 EXPORT_WEIGHTS = "weights.pt"
 EXPORT_CONFIG = "model.json"
@@ -66,9 +76,12 @@ def export_model(
             config["onnx"] = {"max_probability_difference": difference, "weights_sha256": file_digest(directory / EXPORT_WEIGHTS)}
         except OnnxUnavailable as error:
             warnings.warn(f"{directory}: no ONNX flavour, the model will be served by PyTorch: {error}", stacklevel=2)
-    if int8 and "onnx" in config:
+    if int8 and "onnx" not in config:
+        warnings.warn(f"{directory}: no int8 flavour: it is quantized from the ONNX flavour, which this model does not have", stacklevel=2)
+    elif int8:
         try:
-            agreement = quantize_onnx(directory / ONNX_FILE, directory / INT8_FILE, check_images if check_images is not None else _random_images(image_size))
+            agreement = quantize_onnx(directory / ONNX_FILE, directory / INT8_FILE,
+                                      random_check_images(image_size) if check_images is None else check_images)
             config["onnx_int8"] = {"top1_agreement": agreement, "weights_sha256": config["onnx"]["weights_sha256"]}
         except OnnxUnavailable as error:
             warnings.warn(f"{directory}: no int8 flavour: {error}", stacklevel=2)
@@ -105,10 +118,6 @@ def _onnx_network(folder: Path, int8: bool = False) -> OnnxNetwork:
     if entry.get("weights_sha256") != file_digest(folder / EXPORT_WEIGHTS):
         raise OnnxUnavailable(f"{folder / filename} was not exported from this folder's {EXPORT_WEIGHTS}")
     return OnnxNetwork(folder / filename)
-
-
-def _random_images(image_size: int) -> torch.Tensor:
-    return torch.randint(0, 256, (8, 3, image_size, image_size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration | None:

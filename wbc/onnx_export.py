@@ -83,7 +83,7 @@ def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, che
             )
             program.save(str(temporary))
         if check_images is None:
-            check_images = torch.randint(0, 256, (8, 3, image_size, image_size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+            check_images = random_check_images(image_size)
         network, difference = OnnxNetwork(temporary), 0.0
         for start in range(0, len(check_images), CHECK_BATCH):
             chunk = torch.as_tensor(np.array(check_images[start : start + CHECK_BATCH]))
@@ -94,6 +94,13 @@ def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, che
             raise OnnxUnavailable(f"ONNX Runtime differs from PyTorch by {difference:.2e} (limit {TOLERANCE:.0e})")
         os.replace(temporary, path)
         return difference
+
+
+def random_check_images(image_size: int):
+    """Eight seeded random uint8 images: what exports check on when no split is given."""
+    import torch
+
+    return torch.randint(0, 256, (8, 3, image_size, image_size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
 
 def calibration_reader(images):
