@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from wbc.inference import EXPORT_CONFIG, ModelLoadError, Predictor, export_model
+from wbc.classes import CLASS_NAMES
 from wbc.models import build_model
 from wbc.onnx_export import INT8_FILE, ONNX_FILE, TOLERANCE, OnnxNetwork
 
@@ -195,3 +196,43 @@ def test_a_damaged_onnx_file_falls_back_to_pytorch_or_fails_clearly(tmp_path):
         assert Predictor.load(folder).runtime == "torch"
     with pytest.raises(ModelLoadError, match="not a loadable ONNX model"):
         Predictor.load(folder, runtime="onnx")
+
+
+def test_mlflow_models_serve_answers_from_the_int8_flavour_when_told(tmp_path, monkeypatch):
+    """A real server started with WBC_RUNTIME=onnx-int8 answers HTTP with the int8 network's probabilities."""
+    import base64
+    import os
+    import sys
+    from pathlib import Path
+
+    import mlflow
+    import requests
+
+    from conftest import free_port, start_http_server, stop_process_group
+    from wbc.serving import log_pyfunc_model
+    from wbc.tracking import configure_tracking
+
+    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.5)
+    torch.manual_seed(0)
+    folder = export_model(build_model("scratch").eval(), 32, tmp_path / "model", int8=True, check_images=_images(64, 32))
+    files = _cell_files(tmp_path / "cells", 4)
+    configure_tracking("int8-serve-test")
+    with mlflow.start_run() as run:
+        log_pyfunc_model(folder, example_image=files[0])
+    port = free_port()
+    environment = os.environ | {"WBC_RUNTIME": "onnx-int8", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"runs:/{run.info.run_id}/model",
+               "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    server = start_http_server(command, f"http://127.0.0.1:{port}/ping", env=environment, cwd=tmp_path)
+    try:
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(f.read_bytes()).decode()] for f in files]}}
+        response = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+    finally:
+        stop_process_group(server, timeout=30)
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    served = np.array([[row[f"prob_{name}"] for name in CLASS_NAMES] for row in rows])
+    expected = {runtime: np.stack([p.probabilities for p in Predictor.load(folder, runtime=runtime).predict_sources(files)])
+                for runtime in ("onnx-int8", "onnx")}
+    assert np.abs(served - expected["onnx-int8"]).max() <= 1e-5
+    assert np.abs(served - expected["onnx"]).max() > 1e-5, "the server ran the float network"
