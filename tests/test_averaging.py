@@ -30,3 +30,25 @@ def test_average_refuses_different_architectures_and_bad_weights():
         average_weights(_model(0), _model(0, "efficientnet_lite0"), 0.5)
     with pytest.raises(AveragingError, match="weight=1.5"):
         average_weights(_model(0), _model(1), 1.5)
+
+
+def test_wbc_average_logs_the_int8_flavour_when_asked(synthetic_data, tmp_path, monkeypatch):
+    """`wbc main --int8` ends with an average: the champion it registers must carry the int8 file too."""
+    from pathlib import Path
+
+    import mlflow
+    from click.testing import CliRunner
+
+    from wbc.cli import cli
+    from wbc.inference import export_model
+
+    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.0)  # untrained networks have no margins
+    first = export_model(_model(0), 32, tmp_path / "first", onnx=False)
+    second = export_model(_model(1), 32, tmp_path / "second", onnx=False)
+    result = CliRunner().invoke(cli, ["average", str(first), str(second), "--data-dir", str(synthetic_data), "--int8"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.averaged` = 'true'", output_format="list")
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")) / "artifacts" / "model"
+    assert (folder / "model.onnx").is_file() and (folder / "model.int8.onnx").is_file()
+    assert "onnx_int8_top1_agreement" in run.data.metrics

@@ -48,9 +48,12 @@ def average_run(
     experiment: str = "wbc",
     output_dir: str = "outputs",
     shiftbench: bool = True,
+    onnx: bool = True,
+    int8: bool = False,
     progress: bool = True,
 ) -> tuple[str, LoggedModel]:
-    """Average two models into a new run (tagged as a training run, so the registry weighs it like one)."""
+    """Average two models into a new run (tagged as a training run, so the registry weighs it like one);
+    ``onnx`` and ``int8`` choose the exported flavours as in training."""
     started = time.perf_counter()
     first, image_size = load_model(resolve_model(first_uri))
     second, second_size = load_model(resolve_model(second_uri))
@@ -65,6 +68,7 @@ def average_run(
              "average_weight": weight, "data_dir": str(Path(data_dir).resolve()), "val_size": len(valid)}
         )
         export_dir = Path(output_dir).resolve() / run.info.run_id / "model"
-        logged = log_model_run(model, image_size, valid, export_dir, data_dir=data_dir, shiftbench=shiftbench, progress=progress)
+        logged = log_model_run(model, image_size, valid, export_dir, data_dir=data_dir, shiftbench=shiftbench,
+                               onnx=onnx, int8=int8, progress=progress)
         mlflow.log_metric("train_minutes", (time.perf_counter() - started) / 60)
     return run.info.run_id, logged

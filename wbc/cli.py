@@ -62,6 +62,9 @@ def cli(verbose: bool) -> None:
 _tta_option = click.option(
     "--tta", is_flag=True, help="Average over the 8 flips/rotations of each image (8x slower)."
 )
+_int8_option = click.option(
+    "--int8", is_flag=True, help="Also export the int8 quantization of the ONNX flavour (served with WBC_RUNTIME=onnx-int8)."
+)
 _runtime_option = click.option(
     "--runtime", default="auto", show_default=True, type=click.Choice(RUNTIMES),
     help="onnx: the model's ONNX flavour in ONNX Runtime; onnx-int8: its int8 quantization (faster, answers may differ); torch: PyTorch; auto: ONNX when the model has it.",
@@ -233,7 +236,7 @@ def main_job(robust_epochs: int, **options) -> None:
             return
         click.echo(f"stage 3: weight average of stage 1 and stage 2 (weight {ROBUST_AVERAGE_WEIGHT} on stage 2)")
         _average_and_report(f"runs:/{first.run_id}/model", f"runs:/{stage2.run_id}/model", ROBUST_AVERAGE_WEIGHT,
-                            options["data_dir"], options["experiment"], options["output_dir"])
+                            options["data_dir"], options["experiment"], options["output_dir"], options["onnx"], options["int8"])
     _register_and_report(f"{options['experiment']},Default", DEFAULT_METRIC, "wbc-classifier", "champion")
 
 
@@ -251,10 +254,11 @@ def _shiftbench_and_report(model: str, data_dir: str, experiment: str, seed: int
     click.echo(f"shiftbench run {run_id}: shiftbench.csv, shiftbench.png")
 
 
-def _average_and_report(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str) -> None:
+def _average_and_report(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str,
+                        onnx: bool = True, int8: bool = False) -> None:
     from wbc.averaging import average_run
 
-    run_id, logged = average_run(first, second, weight, data_dir, experiment=experiment, output_dir=output_dir)
+    run_id, logged = average_run(first, second, weight, data_dir, experiment=experiment, output_dir=output_dir, onnx=onnx, int8=int8)
     click.echo(f"run {run_id}: valid accuracy {logged.evaluation.accuracy:.4f}, macro-F1 {logged.evaluation.macro_f1:.4f}")
     if logged.shiftbench is not None:
         click.echo("shifted validation benchmark (percent):\n" + logged.shiftbench.summary())
@@ -267,11 +271,12 @@ def _average_and_report(first: str, second: str, weight: float, data_dir: str, e
 @_data_dir_option
 @click.option("--experiment", default="wbc", show_default=True)
 @click.option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False))
+@_int8_option
 @_user_errors
-def average(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str) -> None:
+def average(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str, int8: bool) -> None:
     """Average the weights of two models of the same architecture (e.g. a model and its continuation with
     --augment robust) into a new run: calibrated, scored on valid and the shifted benchmark, registrable."""
-    _average_and_report(first, second, weight, data_dir, experiment, output_dir)
+    _average_and_report(first, second, weight, data_dir, experiment, output_dir, int8=int8)
 
 
 @cli.command()
@@ -295,7 +300,7 @@ def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch
 @_data_dir_option
 @click.option("--target-error", default=0.005, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Error rate allowed among cells not flagged for review (valid).")
 @click.option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of clean validation images the out-of-distribution flag may fire on.")
-@click.option("--int8", is_flag=True, help="Also export the int8 quantization of the ONNX flavour (served with WBC_RUNTIME=onnx-int8).")
+@_int8_option
 @_user_errors
 def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float, int8: bool) -> None:
     """Fit temperature, review threshold and OOD threshold on valid for training run RUN_ID's model, and
