@@ -5,6 +5,9 @@ matters most in a server: `mlflow models serve` scores requests on worker thread
 per-thread arenas give PyTorch's large activations back to the OS after every batch (measured in
 benchmarks/RESULTS.md). An export is kept only when it gives the same probabilities as PyTorch to
 within :data:`TOLERANCE` on the check batch; otherwise the model is served by PyTorch.
+
+On request, :func:`quantize_onnx` also writes ``model.int8.onnx``: faster on CPU, but its answers may
+differ, so it is kept only above :data:`INT8_MIN_AGREEMENT` and served only when asked for (``onnx-int8``).
 """
 
 from __future__ import annotations
