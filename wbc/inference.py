@@ -58,11 +58,14 @@ def export_model(
     check_images=None,
 ) -> Path:
     """Write ``model`` as ``weights.pt`` + ``model.json`` (with its calibration, if any) in ``directory``,
-    and with ``onnx`` also ``model.onnx``, checked against PyTorch on ``check_images`` (a warning and no
-    ONNX file when that cannot be done: the model is then served by PyTorch). With ``int8`` also
+    and with ``onnx`` also ``model.onnx``, checked against PyTorch on ``check_images`` (seeded random images
+    when None; a warning and no ONNX file when that cannot be done: the model is then served by PyTorch).
+    With ``int8`` also
     ``model.int8.onnx``, calibrated and checked on ``check_images`` (a warning and no file when it fails)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if check_images is None:
+        check_images = random_check_images(image_size)
     for stale in (ONNX_FILE, INT8_FILE):  # never beside other weights than their own
         (directory / stale).unlink(missing_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -80,8 +83,7 @@ def export_model(
         warnings.warn(f"{directory}: no int8 flavour: it is quantized from the ONNX flavour, which this model does not have", stacklevel=2)
     elif int8:
         try:
-            agreement = quantize_onnx(directory / ONNX_FILE, directory / INT8_FILE,
-                                      random_check_images(image_size) if check_images is None else check_images)
+            agreement = quantize_onnx(directory / ONNX_FILE, directory / INT8_FILE, check_images)
             config["onnx_int8"] = {"top1_agreement": agreement, "weights_sha256": config["onnx"]["weights_sha256"]}
         except OnnxUnavailable as error:
             warnings.warn(f"{directory}: no int8 flavour: {error}", stacklevel=2)

@@ -62,10 +62,10 @@ class OnnxUnavailable(RuntimeError):
     pass
 
 
-def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, check_images=None) -> float:
+def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, check_images) -> float:
     """Write ``model`` (uint8 images in, logits out, any batch size) to ``path``; return the largest
     probability difference from PyTorch on ``check_images`` (uint8 (N, 3, S, S), a tensor or an array such
-    as a split's decoded pixels, compared in chunks; random images when None).
+    as a split's decoded pixels, compared in chunks).
 
     Raises :class:`OnnxUnavailable` when the exporter or ONNX Runtime is missing or the result differs
     by more than :data:`TOLERANCE` (no file is left behind then).
@@ -85,8 +85,6 @@ def export_onnx(model: Classifier, image_size: int, path: str | os.PathLike, che
                 dynamo=True, optimize=True, verbose=False,
             )
             program.save(str(temporary))
-        if check_images is None:
-            check_images = random_check_images(image_size)
         network, difference = OnnxNetwork(temporary), 0.0
         for start in range(0, len(check_images), CHECK_BATCH):
             chunk = torch.as_tensor(np.array(check_images[start : start + CHECK_BATCH]))
