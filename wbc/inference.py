@@ -60,8 +60,8 @@ def export_model(
     """Write ``model`` as ``weights.pt`` + ``model.json`` (with its calibration, if any) in ``directory``,
     and with ``onnx`` also ``model.onnx``, checked against PyTorch on ``check_images`` (seeded random images
     when None; a warning and no ONNX file when that cannot be done: the model is then served by PyTorch).
-    With ``int8`` also
-    ``model.int8.onnx``, calibrated and checked on ``check_images`` (a warning and no file when it fails)."""
+    With ``int8`` also ``model.int8.onnx``, calibrated and checked on ``check_images`` (a warning and no
+    file when it fails)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if check_images is None:
