@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from wbc.data import load_split
 from wbc.data.datamodule import train_augmentation
 from wbc.data.settings import AUGMENTATIONS
-from wbc.inference import Predictor, load_model, resolve_model
+from wbc.inference import Predictor, load_model_from
 from wbc.runtime import tune_malloc_and_reexec
 from wbc.tracking import configure_tracking
 
@@ -33,7 +33,7 @@ def accuracy(model, image_size: int, valid) -> float:
 
 @torch.no_grad()
 def recalibrated(uri: str, data_dir: str, augment: str, images: int):
-    model, image_size = load_model(resolve_model(uri))
+    model, image_size = load_model_from(uri)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6000)
     args = parser.parse_args()
     configure_tracking()
-    model, image_size = load_model(resolve_model(args.model))
+    model, image_size = load_model_from(args.model)
     valid = load_split(args.data_dir, "valid", image_size)
     valid.pixels = np.asarray(valid.pixels)
     print(f"| batch-norm statistics | valid accuracy | seconds |\n|---|---|---|\n| as trained | {accuracy(model, image_size, valid):.2%} | |")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from wbc.data.images import decode_image
-from wbc.inference import Predictor, resolve_model
+from wbc.inference import Predictor, resolved_model
 from wbc.runtime import tune_malloc_and_reexec
 from wbc.serving import WBCImageClassifier
 
@@ -46,15 +46,15 @@ def main() -> None:
     parser.add_argument("--runtimes", default="torch,onnx", help="comma-separated, the first is the base of the ratios")
     args = parser.parse_args()
 
-    folder = resolve_model(args.model)
     files = sorted((Path(args.data_dir) / "barcelona" / "valid").rglob("*.jpg"))[::25][: args.batch]
     request = pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode() for path in files]})
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     rows = []
     worker = ThreadPoolExecutor(1)
     runtimes = args.runtimes.split(",")
-    for runtime in runtimes:
-        predictor = Predictor.load(folder, runtime=runtime)
+    with resolved_model(args.model) as folder:
+        predictors = {runtime: Predictor.load(folder, runtime=runtime) for runtime in runtimes}
+    for runtime, predictor in predictors.items():
         pixels = torch.stack([decode_image(path, predictor.image_size) for path in files])
         served = WBCImageClassifier()
         served.predictor = predictor
@@ -71,7 +71,7 @@ def main() -> None:
     print(f"| what | runtime | main thread img/s | worker thread img/s | worker thread vs {runtimes[0]} |\n|---|---|---|---|---|")
     for what, runtime, main_rate, worker_rate in rows:
         print(f"| {what} | {runtime} | {main_rate:.0f} | {worker_rate:.0f} | x{worker_rate / base[what]:.2f} |")
-    probabilities = {runtime: Predictor.load(folder, runtime=runtime).predict_pixels(pixels) for runtime in runtimes}
+    probabilities = {runtime: predictor.predict_pixels(pixels) for runtime, predictor in predictors.items()}
     for runtime in runtimes[1:]:
         difference = np.abs(probabilities[runtime] - probabilities[runtimes[0]])
         same = (probabilities[runtime].argmax(1) == probabilities[runtimes[0]].argmax(1)).mean()

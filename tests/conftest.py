@@ -13,6 +13,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def isolated(workdir: Path):
         patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         patch.delenv("MLFLOW_RUN_ID", raising=False)
         patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        # MLflow downloads into fresh temporary folders it never removes: keep them in the test's folder
+        (workdir / "tmp").mkdir(exist_ok=True)
+        patch.setattr(tempfile, "tempdir", str(workdir / "tmp"))
         mlflow.set_tracking_uri(tracking_uri)
         try:
             yield workdir
@@ -99,7 +103,11 @@ def free_port() -> int:
 
 
 def start_http_server(command: list[str], health_url: str, *, env: dict, cwd: Path, timeout: float = 180) -> subprocess.Popen:
-    """Start ``command`` in its own process group and wait until ``health_url`` answers 200."""
+    """Start ``command`` in its own process group and wait until ``health_url`` answers 200.
+
+    Its temporary files (MLflow's model downloads) go to ``cwd/tmp``."""
+    (cwd / "tmp").mkdir(exist_ok=True)
+    env = {**env, "TMPDIR": str(cwd / "tmp")}
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + timeout

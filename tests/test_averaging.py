@@ -49,6 +49,6 @@ def test_wbc_average_logs_the_int8_flavour_when_asked(synthetic_data, tmp_path, 
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     (run,) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.averaged` = 'true'", output_format="list")
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")) / "artifacts" / "model"
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path))) / "artifacts" / "model"
     assert (folder / "model.onnx").is_file() and (folder / "model.int8.onnx").is_file()
     assert "onnx_int8_top1_agreement" in run.data.metrics

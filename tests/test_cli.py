@@ -1,6 +1,7 @@
 """The `wbc` command line: predict, evaluate, register and its one-line errors."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -187,12 +188,12 @@ def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, 
     assert client.get_model_version("wbc-classifier", champion.version).tags["superseded_by"] == str(newest.version)
     assert invoke("register", "--metric", SELECTION_METRIC).exit_code == 0
     assert client.get_model_version_by_alias("wbc-classifier", "champion").version == newest.version
-    served = Path(mlflow.artifacts.download_artifacts(f"models:/wbc-classifier@champion")) / "artifacts" / "model"
+    served = Path(mlflow.artifacts.download_artifacts("models:/wbc-classifier@champion", dst_path=str(tmp_path))) / "artifacts" / "model"
     assert json.loads((served / "model.json").read_text())["calibration"]["target_error"] == 0.2
     assert (served / "model.onnx").is_file()
 
 
-def test_calibrate_adds_the_int8_flavour_to_a_run_in_another_experiment(synthetic_data, monkeypatch):
+def test_calibrate_adds_the_int8_flavour_to_a_run_in_another_experiment(synthetic_data, monkeypatch, tmp_path):
     monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.0)  # a one-epoch network's margins are small
     trained = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16,
                                 image_size=32, progress=False, shiftbench=False, experiment="elsewhere"))
@@ -201,9 +202,19 @@ def test_calibrate_adds_the_int8_flavour_to_a_run_in_another_experiment(syntheti
     assert f"(ONNX flavour and its int8 quantization included) in run {trained.run_id}" in result.output
     run = mlflow.MlflowClient().get_run(trained.run_id)
     assert 0 <= run.data.metrics["onnx_int8_top1_agreement"] <= 1
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model")) / "artifacts" / "model"
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model", dst_path=str(tmp_path))) / "artifacts" / "model"
     assert (folder / "model.int8.onnx").is_file()
     assert Predictor.load(folder, runtime="onnx-int8").runtime == "onnx-int8"
+
+    # loading by URI downloads into a scratch folder and removes it: repeated loads do not fill the disk
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    predictor = Predictor.load(f"runs:/{trained.run_id}/model", runtime="onnx-int8")
+    assert predictor.runtime == "onnx-int8" and predictor.calibration is not None
+    predictions = predictor.predict_sources(sorted((synthetic_data / "barcelona" / "valid").rglob("*.jpg"))[:2])
+    assert [p.error for p in predictions] == [None, None]
+    assert list(scratch.iterdir()) == []
 
 
 def test_the_command_line_and_the_registry_agree_on_the_selection_metric():

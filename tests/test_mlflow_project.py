@@ -33,6 +33,7 @@ def _environment(workdir: Path) -> dict[str, str]:
     env.update(
         MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}",
         WBC_CACHE_DIR=str(workdir / "cache"),
+        TMPDIR=str(workdir),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
@@ -84,7 +85,7 @@ def test_mlflow_run_logs_comparable_training_runs(project):
         assert {"confusion_matrix.png", "confusion_matrix.csv", "classification_report.json", "per_class.csv", "training_curves.png"} <= artifacts
 
 
-def test_register_keeps_the_better_model_as_champion(project):
+def test_register_keeps_the_better_model_as_champion(project, tmp_path):
     workdir, registered = project
     client = _client(workdir)
     champion = client.get_model_version_by_alias("wbc-classifier", "champion")
@@ -97,7 +98,7 @@ def test_register_keeps_the_better_model_as_champion(project):
         assert float(challenger.tags["metric.val_robust_acc"]) <= float(champion.tags["metric.val_robust_acc"])
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/wbc-classifier@champion")
+    model = mlflow.pyfunc.load_model("models:/wbc-classifier@champion", dst_path=str(tmp_path))
     png = io.BytesIO()
     Image.new("RGB", (40, 40), (40, 40, 200)).save(png, format="PNG")
     predicted = model.predict(pd.DataFrame({"image": [_b64(png.getvalue())]}))

@@ -105,7 +105,7 @@ def test_two_trainings_at_once_then_register_and_load_through_the_server(trackin
     assert client.get_model_version_by_alias("wbc-classifier", "champion").run_id == best.info.run_id
 
     mlflow.set_tracking_uri(url)
-    model = mlflow.pyfunc.load_model("models:/wbc-classifier@champion")
+    model = mlflow.pyfunc.load_model("models:/wbc-classifier@champion", dst_path=str(tmp_path))
     png = io.BytesIO()
     Image.new("RGB", (40, 40), (200, 40, 40)).save(png, format="PNG")
     import base64

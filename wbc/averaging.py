@@ -13,7 +13,7 @@ import mlflow
 import torch
 
 from wbc.data import load_split
-from wbc.inference import load_model, resolve_model
+from wbc.inference import load_model_from
 from wbc.model_logging import LoggedModel, log_model_run
 from wbc.models import Classifier
 from wbc.tracking import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
@@ -55,8 +55,8 @@ def average_run(
     """Average two models into a new run (tagged as a training run, so the registry weighs it like one);
     ``onnx`` and ``int8`` choose the exported flavours as in training."""
     started = time.perf_counter()
-    first, image_size = load_model(resolve_model(first_uri))
-    second, second_size = load_model(resolve_model(second_uri))
+    first, image_size = load_model_from(first_uri)
+    second, second_size = load_model_from(second_uri)
     if image_size != second_size:
         raise AveragingError(f"cannot average models trained at {image_size} and {second_size} px")
     model = average_weights(first, second, weight)

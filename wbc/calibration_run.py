@@ -11,7 +11,7 @@ import torch
 from wbc.calibration import DEFAULT_FLAG_RATE, DEFAULT_TARGET_ERROR, Calibration, fit_calibration
 from wbc.data import load_split
 from wbc.data.datamodule import DecodedImageDataset
-from wbc.inference import Predictor, export_metrics, export_model, load_model, resolve_model
+from wbc.inference import Predictor, export_metrics, export_model, load_model_from
 from wbc.tracking import reopen_run
 
 
@@ -52,8 +52,7 @@ def calibrate_run(
     """
     from wbc.serving import log_pyfunc_model
 
-    source = resolve_model(f"runs:/{run_id}/model")
-    model, image_size = load_model(source)
+    model, image_size = load_model_from(f"runs:/{run_id}/model")
     valid = load_split(data_dir, "valid", image_size)
     calibration, _ = calibrate(Predictor(model, image_size), valid, target_error, flag_rate)
     with tempfile.TemporaryDirectory() as scratch, reopen_run(run_id):

@@ -12,12 +12,14 @@ no pickled objects are ever executed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -233,18 +235,19 @@ class Predictor:
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime={runtime!r} is invalid: choose one of {', '.join(RUNTIMES)}")
-        resolved = resolve_model(str(path))
-        model, image_size = load_model(resolved)
-        network = None
-        if runtime != "torch":
-            try:
-                network = _onnx_network(resolved, int8=runtime == "onnx-int8")
-            except OnnxUnavailable as error:
-                if runtime != "auto":
-                    raise ModelLoadError(f"{path}: {error}") from None
-                if resolved.is_dir() and (resolved / ONNX_FILE).exists():
-                    warnings.warn(f"{error}; running the model in PyTorch instead", stacklevel=2)
-        return cls(model, image_size, batch_size, tta, calibration=load_calibration(resolved), network=network)
+        with resolved_model(str(path)) as resolved:
+            model, image_size = load_model(resolved)
+            network = None
+            if runtime != "torch":
+                try:
+                    network = _onnx_network(resolved, int8=runtime == "onnx-int8")
+                except OnnxUnavailable as error:
+                    if runtime != "auto":
+                        raise ModelLoadError(f"{path}: {error}") from None
+                    if resolved.is_dir() and (resolved / ONNX_FILE).exists():
+                        warnings.warn(f"{error}; running the model in PyTorch instead", stacklevel=2)
+            calibration = load_calibration(resolved)
+        return cls(model, image_size, batch_size, tta, calibration=calibration, network=network)
 
     @property
     def runtime(self) -> str:
@@ -338,21 +341,31 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def resolve_model(model: str) -> Path:
-    """A local checkpoint/export path as is; an MLflow URI (``runs:/``, ``models:/``, ``m-...``) downloaded.
+@contextlib.contextmanager
+def resolved_model(model: str) -> Iterator[Path]:
+    """A local checkpoint/export path as is; an MLflow URI (``runs:/``, ``models:/``, ``m-...``) downloaded
+    into a scratch folder that is removed on exit, so load what you need inside the ``with``.
 
     Logged pyfunc models keep the exported weights in their ``artifacts/model`` folder.
     """
     local = Path(model)
     if local.exists() or "://" not in model and ":/" not in model:
-        return _exported_inside(local) if local.is_dir() else local
+        yield _exported_inside(local) if local.is_dir() else local
+        return
     import mlflow
 
-    try:
-        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
-    except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
-        raise ModelLoadError(f"{model}: cannot load this model URI ({str(error).splitlines()[0]})") from None
-    return _exported_inside(downloaded)
+    with tempfile.TemporaryDirectory(prefix="wbc-model-") as scratch:
+        try:
+            downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=scratch))
+        except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
+            raise ModelLoadError(f"{model}: cannot load this model URI ({str(error).splitlines()[0]})") from None
+        yield _exported_inside(downloaded)
+
+
+def load_model_from(model: str) -> tuple[Classifier, int]:
+    """``load_model`` on a path or MLflow URI (see ``resolved_model``)."""
+    with resolved_model(model) as path:
+        return load_model(path)
 
 
 def _exported_inside(directory: Path) -> Path:

@@ -20,7 +20,7 @@ from wbc.checkpointing import atomic_torch_save
 from wbc.data import BarcelonaDataModule
 from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
 from wbc.evaluate import Evaluation
-from wbc.inference import load_model, resolve_model
+from wbc.inference import load_model, load_model_from
 from wbc.model_logging import log_model_run
 from wbc.models import MODES, UNFREEZE_CHOICES, check_freeze_stages, count_parameters, get_spec
 from wbc.module import WBCClassifierModule
@@ -337,7 +337,7 @@ def train(config: TrainConfig) -> TrainResult | None:
 
 
 def _load_initial_weights(module: WBCClassifierModule, config: TrainConfig) -> None:
-    source, _ = load_model(resolve_model(config.init_from))
+    source, _ = load_model_from(config.init_from)
     if source.arch != get_spec(config.arch).name:
         raise ConfigError(f"init_from={config.init_from!r} is a {source.arch} model: train it with --arch {source.arch}")
     module.model.load_state_dict(source.state_dict())
