@@ -7,6 +7,7 @@ import threading
 import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def _paths(root, split="train"):
     return [path for path, _ in BarcelonaDataset(root, split).samples]
 
 
-def test_cache_is_reused_and_invalidated_when_files_change(tmp_path):
+def test_cache_is_reused_and_replaced_when_files_change(tmp_path):
     root = make_dataset(tmp_path / "d", per_class={"train": 2}, splits=("train",))
     paths = _paths(root)
     first = decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
@@ -102,11 +103,19 @@ def test_cache_is_reused_and_invalidated_when_files_change(tmp_path):
     assert np.array_equal(first.pixels, again.pixels)
     assert len(list((tmp_path / "c").glob("*.npy"))) == 1
 
-    os.utime(paths[0], ns=(1, 1))
-    decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+    other = decode_cached(paths[:8], 16, cache_dir=tmp_path / "c", workers=1)
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2
+
+    # a changed file makes a new cache, which replaces the stale one of the same files (not the other list's)
+    (stale,) = {p.name for p in (tmp_path / "c").glob("*.npy")} - {Path(other.pixels.filename).name}
+    os.utime(paths[0], ns=(1, 1))
+    rebuilt = decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+    assert np.array_equal(rebuilt.pixels, again.pixels)
+    assert not (tmp_path / "c" / stale).exists() and not (tmp_path / "c" / stale).with_suffix(".json").exists()
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2
+    assert np.array_equal(first.pixels, rebuilt.pixels), "a process reading the removed cache keeps its data"
     decode_cached(paths, 24, cache_dir=tmp_path / "c", workers=1)
-    assert len(list((tmp_path / "c").glob("*.npy"))) == 3
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 3, "other sizes stay"
     assert not list((tmp_path / "c").glob("*.tmp*"))
 
 

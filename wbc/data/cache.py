@@ -2,8 +2,10 @@
 
 Epochs then read pixels straight from the page cache instead of decoding JPEGs. The cache
 file is named by a fingerprint of the file list (paths, sizes, modification times) and the
-image size, so any change to the files makes a new cache; files are written to a temporary
-name and renamed, so an interrupted build never leaves a partial cache behind.
+image size, so any change to the files makes a new cache, and the new cache replaces the older
+ones of the same files at that size (copying or touching the data does not pile up gigabytes of
+stale caches). Files are written to a temporary name and renamed, so an interrupted build never
+leaves a partial cache behind.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def fingerprint_files(paths: Sequence[str]) -> str:
         stat = os.stat(path)
         digest.update(os.fsencode(os.path.abspath(path)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _files_key(paths: Sequence[str]) -> str:
+    """A short hash of the file list's absolute paths alone: the same files before and after a change."""
+    return hashlib.sha256(b"\n".join(os.fsencode(os.path.abspath(path)) for path in paths)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,26 @@ def decode_cached(
     finally:
         if temporary.exists():
             temporary.unlink()
-    _atomic_write_json(index_path, {"kept": kept, "bad_files": bad_files, "errors": errors, "size": size})
+    files = _files_key(paths)
+    _atomic_write_json(index_path, {"kept": kept, "bad_files": bad_files, "errors": errors, "size": size, "files": files})
+    _remove_superseded(cache_dir, key, files, size)
     return _finish(np.load(array_path, mmap_mode="r"), np.asarray(kept, dtype=np.int64), bad_files, errors)
+
+
+def _remove_superseded(cache_dir: Path, key: str, files: str, size: int) -> None:
+    """Delete the older caches of the same files at the same size (a process still reading one keeps
+    its memory map: the data goes when it closes)."""
+    for index_path in cache_dir.glob(f"v*-{size}px.json"):
+        if index_path.stem == key:
+            continue
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if index.get("files") == files and index.get("size") == size:
+            index_path.with_suffix(".npy").unlink(missing_ok=True)
+            index_path.unlink(missing_ok=True)
+            log.info("removed the superseded decoded-image cache %s", index_path.with_suffix(".npy"))
 
 
 def _compact(npy_path: Path, count: int) -> None:
