@@ -13,7 +13,6 @@ import contextlib
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -78,9 +77,6 @@ def isolated(workdir: Path):
         patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         patch.delenv("MLFLOW_RUN_ID", raising=False)
         patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        # MLflow downloads into fresh temporary folders it never removes: keep them in the test's folder
-        (workdir / "tmp").mkdir(exist_ok=True)
-        patch.setattr(tempfile, "tempdir", str(workdir / "tmp"))
         mlflow.set_tracking_uri(tracking_uri)
         try:
             yield workdir

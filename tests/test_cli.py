@@ -207,7 +207,7 @@ def test_calibrate_adds_the_int8_flavour_to_a_run_in_another_experiment(syntheti
     assert Predictor.load(folder, runtime="onnx-int8").runtime == "onnx-int8"
 
     # loading by URI downloads into a scratch folder and removes it: repeated loads do not fill the disk
-    scratch = tmp_path / "tmp"
+    scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     predictor = Predictor.load(f"runs:/{trained.run_id}/model", runtime="onnx-int8")
