@@ -15,7 +15,7 @@ import torch
 
 from wbc import checkpointing
 from wbc.checkpointing import atomic_torch_save
-from wbc.train import ConfigError, TrainConfig, find_resumable_run, train
+from wbc.train import AtomicCheckpointIO, ConfigError, TrainConfig, find_resumable_run, train
 
 from conftest import make_dataset
 
@@ -97,6 +97,36 @@ def test_sigkilled_training_resumes_into_the_same_run(tmp_path):
     with pytest.raises(ConfigError, match="already finished"):
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
         find_resumable_run(run.info.run_id, "wbc")
+
+
+class _KilledWhileSaving(Exception):
+    pass
+
+
+def test_a_kill_while_saving_a_checkpoint_loses_no_epoch_and_logs_none_twice(synthetic_data, tmp_path, monkeypatch):
+    epochs, killed_epoch = 4, 2
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def killed_at_epoch_end(self, checkpoint, path, storage_options=None):
+        if checkpoint["epoch"] == killed_epoch:
+            raise _KilledWhileSaving(path)
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", killed_at_epoch_end)
+    config = dict(arch="scratch", mode="scratch", image_size=32, batch_size=16, lr=0.01, progress=False, onnx=False,
+                  output_dir=str(tmp_path / "outputs"))
+    with pytest.raises(_KilledWhileSaving):
+        train(TrainConfig(data_dir=str(synthetic_data), epochs=epochs, **config))
+    monkeypatch.undo()
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("wbc").experiment_id])
+    logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_f1"))
+    assert logged == list(range(killed_epoch)), "an epoch reaches MLflow only once its checkpoint is saved"
+
+    train(TrainConfig(resume=run.info.run_id, **config))
+    history = client.get_metric_history(run.info.run_id, "val_f1")
+    assert sorted(m.step for m in history) == list(range(epochs)), "each epoch logged exactly once"
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
 def test_ddp_on_two_cpu_processes_logs_one_run_and_learns(synthetic_data, tmp_path):

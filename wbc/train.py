@@ -16,7 +16,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from wbc.checkpointing import atomic_torch_save
+from wbc.checkpointing import EpochMetricsLogger, atomic_torch_save
 from wbc.data import BarcelonaDataModule
 from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
 from wbc.evaluate import Evaluation
@@ -215,7 +215,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
+_NEVER = 2**62
+
+
+def _make_trainer(config: TrainConfig, checkpoint_dir: Path, run_id: str | None) -> tuple[pl.Trainer, ModelCheckpoint]:
     best = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-epoch{epoch:02d}-f1{val_f1:.4f}",
@@ -225,7 +228,7 @@ def _make_trainer(config: TrainConfig, checkpoint_dir: Path) -> tuple[pl.Trainer
     )
     # Lightning's save_last only refreshes when the best improves; this one is rewritten every epoch.
     latest = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks: list[pl.Callback] = [best, latest]
+    callbacks: list[pl.Callback] = [best, latest, EpochMetricsLogger(run_id)]
     if config.ema:
         callbacks.append(WeightEMA(config.ema, start_epoch=config.head_epochs if config.mode == "finetune" else 0))
     if config.progress:
@@ -266,7 +269,8 @@ def train(config: TrainConfig) -> TrainResult | None:
     lr = config.resolved_lr
     if tracking:
         configure_tracking(config.experiment)
-        mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
+        # autolog records the optimizer's params; EpochMetricsLogger logs the epoch metrics
+        mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True, log_every_n_epoch=_NEVER)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     if not tracking:
         run_context = nullcontext(None)
@@ -317,7 +321,7 @@ def train(config: TrainConfig) -> TrainResult | None:
             mlflow.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir), **({"wbc.resumed": "true"} if resumed else {})})
             if config.progress:
                 print(f"MLflow run {run.info.run_id}; checkpoints in {checkpoint_dir}", file=sys.stderr)
-        trainer, checkpoint = _make_trainer(config, checkpoint_dir)
+        trainer, checkpoint = _make_trainer(config, checkpoint_dir, run.info.run_id if run else None)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint_dir / "last.ckpt") if resumed else None)
         except SIGTERMException:
