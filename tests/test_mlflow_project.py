@@ -217,12 +217,16 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     assert pd.isna(rows[1]["label"]) and pd.isna(rows[1]["confidence"]) and "not an image" in rows[1]["error"]
 
 
-def test_main_entry_point_defaults_are_the_main_recipe():
+def test_main_entry_point_defaults_are_wbc_mains():
+    from wbc.cli import main_job
     from wbc.recipes import MAIN_RECIPE
 
     parameters = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]["parameters"]
     for name in ("epochs", "image_size"):
         assert parameters[name]["default"] == MAIN_RECIPE[name], name
+    options = {option.name: option.default for option in main_job.params}
+    for name, declared in parameters.items():
+        assert declared["default"] == options[name], name
 
 
 def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_path):
