@@ -1,9 +1,10 @@
 """Weight-space averaging of two models (`wbc average`)."""
 
+import numpy as np
 import pytest
 import torch
 
-from wbc.averaging import AveragingError, average_weights
+from wbc.averaging import AveragingError, average_weights, fitted_weight
 from wbc.models import build_model
 
 
@@ -30,6 +31,25 @@ def test_average_refuses_different_architectures_and_bad_weights():
         average_weights(_model(0), _model(0, "efficientnet_lite0"), 0.5)
     with pytest.raises(AveragingError, match="weight=1.5"):
         average_weights(_model(0), _model(1), 1.5)
+
+
+def test_fitted_weight_keeps_the_first_weight_accurate_enough_else_the_most_accurate(synthetic_data):
+    from wbc.data import load_split
+    from wbc.inference import Predictor
+
+    valid = load_split(synthetic_data, "valid", 32)
+    first, second, weights = _model(0), _model(1), [0.9, 0.6, 0.3, 0.1]
+    before = {name: tensor.clone() for name, tensor in first.state_dict().items()}
+    chosen, every = fitted_weight(first, second, weights, 32, valid, min_accuracy=1.01)
+    assert list(every) == weights and chosen == max(every, key=every.get), "none reaches 101 %: the most accurate"
+    for weight, accuracy in every.items():
+        predicted = Predictor(average_weights(_model(0), second, weight), 32).predict_pixels(valid.pixels).argmax(axis=1)
+        assert accuracy == pytest.approx(float((predicted == np.asarray(valid.targets)).mean())), weight
+    threshold = sorted(every.values())[1]
+    chosen, tried = fitted_weight(first, second, weights, 32, valid, min_accuracy=threshold)
+    expected = next(w for w in weights if every[w] >= threshold)
+    assert chosen == expected and list(tried) == weights[: weights.index(expected) + 1], "stops at the first good enough"
+    assert all(torch.equal(first.state_dict()[name], tensor) for name, tensor in before.items()), "the first model is left as it was"
 
 
 def test_wbc_average_logs_the_int8_flavour_when_asked(synthetic_data, tmp_path, monkeypatch):

@@ -249,6 +249,13 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     # stage 3 averages their weights
     assert averaged.data.tags["wbc.averaged"] == "true" and averaged.data.params["mode"] == "average"
     assert averaged.data.params["average_of"] == f"runs:/{first.info.run_id}/model runs:/{second.info.run_id}/model"
+    # at the first stage-2 share that stays within the champion rule's 0.3 points of the better stage
+    tried = {float(w): float(a) for w, a in (item.split(":") for item in averaged.data.params["average_weights_tried"].split())}
+    floor = max(first.data.metrics["best_val_acc"], second.data.metrics["best_val_acc"]) - 0.003
+    assert float(averaged.data.params["average_min_accuracy"]) == pytest.approx(floor)
+    assert list(tried) == [0.7, 0.5, 0.35][: len(tried)]
+    kept = float(averaged.data.params["average_weight"])
+    assert kept == next((w for w, a in tried.items() if a >= floor - 1e-9), max(tried, key=tried.get))
     # every stage scored the shifted benchmark; the champion is the better one on clean + shifted accuracy
     for run in runs:
         metrics = run.data.metrics

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from wbc.onnx_export import RUNTIMES
-from wbc.recipes import MAIN_RECIPE, ROBUST_AVERAGE_WEIGHT, ROBUST_EPOCHS, ROBUST_STAGE
+from wbc.recipes import MAIN_RECIPE, ROBUST_AVERAGE_WEIGHTS, ROBUST_EPOCHS, ROBUST_STAGE
 
 DEFAULT_DATA_DIR = "../shared/data"
 DEFAULT_SELECTION_METRIC = "val_robust_acc"
@@ -222,7 +222,7 @@ def main_job(robust_epochs: int, **options) -> None:
     """The whole job: train (the documented recipe), then continue it with the shift augmentation;
     each stage is calibrated and scored on valid and on the shifted benchmark; register the best on
     clean + shifted accuracy (val_robust_acc) as champion."""
-    from wbc.model_registry import DEFAULT_METRIC
+    from wbc.model_registry import DEFAULT_METRIC, MAX_CLEAN_DROP
 
     first = _train_and_report(dict(options))
     if first is None:
@@ -234,9 +234,12 @@ def main_job(robust_epochs: int, **options) -> None:
         stage2 = _train_and_report(second)
         if stage2 is None:
             return
-        click.echo(f"stage 3: weight average of stage 1 and stage 2 (weight {ROBUST_AVERAGE_WEIGHT} on stage 2)")
-        _average_and_report(f"runs:/{first.run_id}/model", f"runs:/{stage2.run_id}/model", ROBUST_AVERAGE_WEIGHT,
-                            options["data_dir"], options["experiment"], options["output_dir"], options["onnx"], options["int8"])
+        min_accuracy = max(first.best_val_acc, stage2.best_val_acc) - MAX_CLEAN_DROP
+        click.echo(f"stage 3: weight average of stage 1 and stage 2, with the first of {', '.join(map(str, ROBUST_AVERAGE_WEIGHTS))} "
+                   f"on stage 2 that keeps valid accuracy at or above {min_accuracy:.4f}")
+        _average_and_report(f"runs:/{first.run_id}/model", f"runs:/{stage2.run_id}/model", ROBUST_AVERAGE_WEIGHTS,
+                            options["data_dir"], options["experiment"], options["output_dir"], options["onnx"], options["int8"],
+                            min_accuracy=min_accuracy)
     _register_and_report(f"{options['experiment']},Default", DEFAULT_METRIC, "wbc-classifier", "champion")
 
 
@@ -254,11 +257,18 @@ def _shiftbench_and_report(model: str, data_dir: str, experiment: str, seed: int
     click.echo(f"shiftbench run {run_id}: shiftbench.csv, shiftbench.png")
 
 
-def _average_and_report(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str,
-                        onnx: bool = True, int8: bool = False) -> None:
+def _average_and_report(first: str, second: str, weight, data_dir: str, experiment: str, output_dir: str,
+                        onnx: bool = True, int8: bool = False, min_accuracy: float = 0.0) -> None:
+    import mlflow
+
     from wbc.averaging import average_run
 
-    run_id, logged = average_run(first, second, weight, data_dir, experiment=experiment, output_dir=output_dir, onnx=onnx, int8=int8)
+    run_id, logged = average_run(first, second, weight, data_dir, min_accuracy=min_accuracy, experiment=experiment,
+                                 output_dir=output_dir, onnx=onnx, int8=int8)
+    params = mlflow.get_run(run_id).data.params
+    if "average_weights_tried" in params:
+        click.echo(f"valid accuracy by weight on the second model (weight:accuracy): {params['average_weights_tried']}; "
+                   f"kept {params['average_weight']}")
     click.echo(f"run {run_id}: valid accuracy {logged.evaluation.accuracy:.4f}, macro-F1 {logged.evaluation.macro_f1:.4f}")
     if logged.shiftbench is not None:
         click.echo("shifted validation benchmark (percent):\n" + logged.shiftbench.summary())

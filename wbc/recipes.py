@@ -13,5 +13,7 @@ FAST_RECIPE = {"epochs": 6, "image_size": 160, "augment": "standard"}
 ``head_epochs=0, freeze_stages=5, lr=2e-3, backbone_lr_scale=1, max_time=17, shiftbench=False`` to stay
 within 20 minutes (benchmarks/RESULTS.md)."""
 
-ROBUST_AVERAGE_WEIGHT = 0.7
-"""``wbc main``, stage 3: the served model's weights are this mix of stage 2 with stage 1 (``wbc average``)."""
+ROBUST_AVERAGE_WEIGHTS = (0.7, 0.5, 0.35)
+"""``wbc main``, stage 3: the served model's weights mix stage 2 with stage 1 (``wbc average``), at the first
+of these shares of stage 2 whose validation accuracy stays within the registry's ``MAX_CLEAN_DROP`` of the
+better stage (else the most accurate): as much robustness as the champion rule lets through."""
