@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from wbc.classes import CLASS_NAMES
+from wbc.model_registry import MAX_CLEAN_DROP
 
 from conftest import free_port, start_http_server, stop_process_group
 from test_bad_input import CASES
@@ -249,9 +250,10 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     # stage 3 averages their weights
     assert averaged.data.tags["wbc.averaged"] == "true" and averaged.data.params["mode"] == "average"
     assert averaged.data.params["average_of"] == f"runs:/{first.info.run_id}/model runs:/{second.info.run_id}/model"
+    assert averaged.data.params["val_size"] == first.data.params["val_size"], "the stages' valid images"
     # at the first stage-2 share that stays within the champion rule's 0.3 points of the better stage
     tried = {float(w): float(a) for w, a in (item.split(":") for item in averaged.data.params["average_weights_tried"].split())}
-    floor = max(first.data.metrics["best_val_acc"], second.data.metrics["best_val_acc"]) - 0.003
+    floor = max(first.data.metrics["best_val_acc"], second.data.metrics["best_val_acc"]) - MAX_CLEAN_DROP
     assert float(averaged.data.params["average_min_accuracy"]) == pytest.approx(floor)
     assert list(tried) == [0.7, 0.5, 0.35][: len(tried)]
     kept = float(averaged.data.params["average_weight"])

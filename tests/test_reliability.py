@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 import torch
 
 from wbc import checkpointing
-from wbc.checkpointing import atomic_torch_save
+from wbc.checkpointing import EpochMetricsLogger, atomic_torch_save
 from wbc.train import AtomicCheckpointIO, ConfigError, TrainConfig, find_resumable_run, train
 
 from conftest import make_dataset
@@ -103,14 +104,19 @@ class _KilledWhileSaving(Exception):
     pass
 
 
-def test_a_kill_while_saving_a_checkpoint_loses_no_epoch_and_logs_none_twice(synthetic_data, tmp_path, monkeypatch):
-    epochs, killed_epoch = 4, 2
+@pytest.mark.parametrize("killed_epoch, after_last_ckpt", [(2, False), (3, True)], ids=["while-saving", "after-the-last-save"])
+def test_a_kill_at_an_epoch_end_loses_no_epoch_and_logs_none_twice(synthetic_data, tmp_path, monkeypatch, killed_epoch, after_last_ckpt):
+    """Killed while writing epoch 2's checkpoints, or right after the last epoch's last.ckpt (resuming then
+    has nothing left to train): every epoch reaches the MLflow run exactly once."""
+    epochs = 4
     save = AtomicCheckpointIO.save_checkpoint
 
     def killed_at_epoch_end(self, checkpoint, path, storage_options=None):
-        if checkpoint["epoch"] == killed_epoch:
+        if checkpoint["epoch"] == killed_epoch and not after_last_ckpt:
             raise _KilledWhileSaving(path)
         save(self, checkpoint, path, storage_options)
+        if checkpoint["epoch"] == killed_epoch and Path(path).name == "last.ckpt":
+            raise _KilledWhileSaving(path)
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", killed_at_epoch_end)
     config = dict(arch="scratch", mode="scratch", image_size=32, batch_size=16, lr=0.01, progress=False, onnx=False,
@@ -124,9 +130,25 @@ def test_a_kill_while_saving_a_checkpoint_loses_no_epoch_and_logs_none_twice(syn
     assert logged == list(range(killed_epoch)), "an epoch reaches MLflow only once its checkpoint is saved"
 
     train(TrainConfig(resume=run.info.run_id, **config))
-    history = client.get_metric_history(run.info.run_id, "val_f1")
-    assert sorted(m.step for m in history) == list(range(epochs)), "each epoch logged exactly once"
+    for metric in ("val_f1", "val_acc", "train_loss"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
+        assert steps == list(range(epochs)), (metric, steps)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+def test_epoch_metrics_wait_while_mlflow_refuses_them(caplog):
+    logger = EpochMetricsLogger("no-such-run")
+    trainer = SimpleNamespace(is_global_zero=True, current_epoch=0, callback_metrics={"val_f1": torch.tensor(0.5)})
+    logger.on_train_epoch_end(trainer, None)
+    logger.on_train_epoch_start(trainer, None)  # training goes on
+    assert len(logger.pending) == 1 and "will retry" in caplog.text
+    with mlflow.start_run() as run:
+        logger.run_id = run.info.run_id
+        trainer.current_epoch = 1
+        logger.on_train_epoch_end(trainer, None)
+        logger.on_fit_end(trainer, None)
+    assert logger.pending == []
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_f1")
+    assert sorted(m.step for m in history) == [0, 1]
 
 
 def test_ddp_on_two_cpu_processes_logs_one_run_and_learns(synthetic_data, tmp_path):

@@ -64,6 +64,7 @@ def average_run(
     data_dir: str,
     *,
     min_accuracy: float = 0.0,
+    limit_per_class: int = 0,
     experiment: str = "wbc",
     output_dir: str = "outputs",
     shiftbench: bool = True,
@@ -80,7 +81,7 @@ def average_run(
     second, second_size = load_model_from(second_uri)
     if image_size != second_size:
         raise AveragingError(f"cannot average models trained at {image_size} and {second_size} px")
-    valid = load_split(data_dir, "valid", image_size)
+    valid = load_split(data_dir, "valid", image_size, limit_per_class=limit_per_class)
     tried = {}
     if isinstance(weight, (int, float)):
         weight = float(weight)
@@ -91,12 +92,13 @@ def average_run(
     with mlflow.start_run(tags=run_tags(**{RUN_KIND_TAG: "train", "wbc.averaged": "true"})) as run:
         log_params_once(
             {"arch": model.arch, "mode": "average", "image_size": image_size, "average_of": f"{first_uri} {second_uri}",
-             "average_weight": weight, "data_dir": str(Path(data_dir).resolve()), "val_size": len(valid)}
-            | ({"average_weights_tried": " ".join(f"{w:g}:{a:.4f}" for w, a in tried.items()),
+             "average_weight": weight, "data_dir": str(Path(data_dir).resolve()), "val_size": len(valid),
+             "limit_per_class": limit_per_class}
+            | ({"average_weights_tried": " ".join(f"{w:g}:{a:.6f}" for w, a in tried.items()),
                 "average_min_accuracy": round(min_accuracy, 6)} if tried else {})
         )
         export_dir = Path(output_dir).resolve() / run.info.run_id / "model"
         logged = log_model_run(model, image_size, valid, export_dir, data_dir=data_dir, shiftbench=shiftbench,
-                               onnx=onnx, int8=int8, progress=progress)
+                               onnx=onnx, int8=int8, limit_per_class=limit_per_class, progress=progress)
         mlflow.log_metric("train_minutes", (time.perf_counter() - started) / 60)
     return run.info.run_id, logged

@@ -239,7 +239,7 @@ def main_job(robust_epochs: int, **options) -> None:
                    f"on stage 2 that keeps valid accuracy at or above {min_accuracy:.4f}")
         _average_and_report(f"runs:/{first.run_id}/model", f"runs:/{stage2.run_id}/model", ROBUST_AVERAGE_WEIGHTS,
                             options["data_dir"], options["experiment"], options["output_dir"], options["onnx"], options["int8"],
-                            min_accuracy=min_accuracy)
+                            min_accuracy=min_accuracy, limit_per_class=options["limit_per_class"])
     _register_and_report(f"{options['experiment']},Default", DEFAULT_METRIC, "wbc-classifier", "champion")
 
 
@@ -258,13 +258,13 @@ def _shiftbench_and_report(model: str, data_dir: str, experiment: str, seed: int
 
 
 def _average_and_report(first: str, second: str, weight, data_dir: str, experiment: str, output_dir: str,
-                        onnx: bool = True, int8: bool = False, min_accuracy: float = 0.0) -> None:
+                        onnx: bool = True, int8: bool = False, min_accuracy: float = 0.0, limit_per_class: int = 0) -> None:
     import mlflow
 
     from wbc.averaging import average_run
 
-    run_id, logged = average_run(first, second, weight, data_dir, min_accuracy=min_accuracy, experiment=experiment,
-                                 output_dir=output_dir, onnx=onnx, int8=int8)
+    run_id, logged = average_run(first, second, weight, data_dir, min_accuracy=min_accuracy, limit_per_class=limit_per_class,
+                                 experiment=experiment, output_dir=output_dir, onnx=onnx, int8=int8)
     params = mlflow.get_run(run_id).data.params
     if "average_weights_tried" in params:
         click.echo(f"valid accuracy by weight on the second model (weight:accuracy): {params['average_weights_tried']}; "

@@ -16,4 +16,5 @@ within 20 minutes (benchmarks/RESULTS.md)."""
 ROBUST_AVERAGE_WEIGHTS = (0.7, 0.5, 0.35)
 """``wbc main``, stage 3: the served model's weights mix stage 2 with stage 1 (``wbc average``), at the first
 of these shares of stage 2 whose validation accuracy stays within the registry's ``MAX_CLEAN_DROP`` of the
-better stage (else the most accurate): as much robustness as the champion rule lets through."""
+better stage (else the most accurate): as much robustness as the champion rule is likely to let through
+(the rule itself compares ``val_clean_acc`` across every run of the experiment, so it can still differ)."""

@@ -225,9 +225,11 @@ def _make_trainer(config: TrainConfig, checkpoint_dir: Path, run_id: str | None)
         auto_insert_metric_name=False,
         monitor="val_f1",
         mode="max",
+        save_on_train_epoch_end=True,  # after every callback's on_train_epoch_end: EpochMetricsLogger relies on it
     )
     # Lightning's save_last only refreshes when the best improves; this one is rewritten every epoch.
-    latest = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    latest = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+                             save_on_train_epoch_end=True)
     callbacks: list[pl.Callback] = [best, latest, EpochMetricsLogger(run_id)]
     if config.ema:
         callbacks.append(WeightEMA(config.ema, start_epoch=config.head_epochs if config.mode == "finetune" else 0))
