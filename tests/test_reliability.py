@@ -141,13 +141,14 @@ def test_epoch_metrics_wait_while_mlflow_refuses_them(caplog):
     logger.on_train_epoch_end(trainer, None)
     logger.on_train_epoch_start(trainer, None)  # training goes on
     assert len(logger.pending) == 1 and "will retry" in caplog.text
-    with mlflow.start_run() as run:
-        logger.run_id = run.info.run_id
-        trainer.current_epoch = 1
-        logger.on_train_epoch_end(trainer, None)
-        logger.on_fit_end(trainer, None)
+    client = mlflow.MlflowClient()
+    run = client.create_run(client.create_experiment("epoch-metrics"))
+    logger.run_id = run.info.run_id
+    trainer.current_epoch = 1
+    logger.on_train_epoch_end(trainer, None)
+    logger.on_fit_end(trainer, None)
     assert logger.pending == []
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_f1")
+    history = client.get_metric_history(run.info.run_id, "val_f1")
     assert sorted(m.step for m in history) == [0, 1]
 
 
