@@ -219,7 +219,8 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
               help="Stage 2: epochs continuing from stage 1 with the lab-to-lab shift augmentation (0 = no stage 2).")
 @_user_errors
 def main_job(robust_epochs: int, **options) -> None:
-    """The whole job: train (the documented recipe), then continue it with the shift augmentation;
+    """The whole job: train (the documented recipe), then continue it with the shift augmentation, then
+    average the two (as much of stage 2 as keeps valid accuracy within 0.3 points of the better stage);
     each stage is calibrated and scored on valid and on the shifted benchmark; register the best on
     clean + shifted accuracy (val_robust_acc) as champion."""
     from wbc.model_registry import DEFAULT_METRIC, MAX_CLEAN_DROP
