@@ -135,6 +135,7 @@ def test_a_kill_at_an_epoch_end_loses_no_epoch_and_logs_none_twice(synthetic_dat
         assert steps == list(range(epochs)), (metric, steps)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
+
 def test_epoch_metrics_wait_while_mlflow_refuses_them(caplog):
     logger = EpochMetricsLogger("no-such-run")
     trainer = SimpleNamespace(is_global_zero=True, current_epoch=0, callback_metrics={"val_f1": torch.tensor(0.5)})
