@@ -1,5 +1,6 @@
 """Training end to end on tiny synthetic data: MLflow run contents, checkpoints, modes, reproducibility."""
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -7,7 +8,10 @@ import pytest
 import torch
 
 from wbc.evaluate import REPORT_FILES
-from wbc.inference import Predictor, load_model
+from wbc.classes import NUM_CLASSES
+from wbc.data import load_split
+from wbc.distillation import distillation_loss
+from wbc.inference import Predictor, export_model, load_model
 from wbc.module import WBCClassifierModule, warmup_cosine
 from wbc.train import TrainConfig, train
 
@@ -131,6 +135,36 @@ def test_ema_starts_after_the_head_epochs_and_is_what_is_kept(synthetic_data):
     assert torch.equal(model.state_dict()[name[len("model."):]], kept[name])
 
 
+def test_a_student_learns_its_teachers_answers_not_the_labels(trained, synthetic_data, tmp_path):
+    """Distillation with weight 1: the only signal is the teacher, here one that names each class's neighbour."""
+    result, *_ = trained
+    teacher, image_size = load_model(result.best_checkpoint)
+    head = [module for module in teacher.modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():  # logit of class c := the trained logit of class c - 1
+        head.weight.copy_(head.weight.roll(1, dims=0))
+        head.bias.copy_(head.bias.roll(1, dims=0))
+    teacher_dir = export_model(teacher, image_size, tmp_path / "teacher", onnx=False)
+    student = train(tiny_config(synthetic_data, epochs=6, lr=1e-2, teachers=(str(teacher_dir),), distill_weight=1.0,
+                                distill_temperature=1.0, shiftbench=False))
+    params = mlflow.MlflowClient().get_run(student.run_id).data.params
+    assert json.loads(params["teachers"]) == [str(teacher_dir)] and params["distill_weight"] == "1.0"
+    valid = load_split(synthetic_data, "valid", image_size)
+    teacher_answers = Predictor(teacher, image_size).predict_pixels(valid.pixels).argmax(1)
+    # the last epoch's weights: the kept "best" checkpoint is chosen by F1 against the labels
+    student_answers = Predictor.load(Path(student.best_checkpoint).with_name("last.ckpt")).predict_pixels(valid.pixels).argmax(1)
+    assert (teacher_answers == (valid.targets + 1) % NUM_CLASSES).mean() >= 0.8
+    assert (student_answers == teacher_answers).mean() >= 0.8
+    assert (student_answers == valid.targets).mean() <= 0.2
+
+
+def test_distillation_loss_is_zero_only_at_the_teachers_probabilities():
+    logits = torch.randn(5, NUM_CLASSES)
+    for temperature in (1.0, 3.0):
+        teacher = torch.softmax(logits / temperature, dim=1)
+        assert distillation_loss(logits, teacher, temperature).item() == pytest.approx(0, abs=1e-6)
+        assert distillation_loss(logits.flip(1), teacher, temperature).item() > 0.01
+
+
 def test_warmup_cosine_schedule():
     factor = warmup_cosine(start_step=10, warmup_steps=5, total_steps=40)
     assert factor(0) == 0 and factor(9) == 0
@@ -169,7 +203,9 @@ def test_max_time_fits_the_schedule_to_the_time():
     [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"arch": "resnet9000"}, "resnet9000"),
      ({"lr": -1.0}, "lr"), ({"data_dir": "/nonexistent"}, "data_dir"), ({"mode": "finetune", "head_epochs": 5}, "head_epochs"),
      ({"ema": 1.0}, "ema"), ({"sampling": "weighted"}, "sampling"), ({"freeze_stages": 1}, "freeze_stages=1 needs mode finetune"),
-     ({"arch": "efficientnet_lite0", "mode": "finetune", "freeze_stages": 9}, "freeze_stages=9 is invalid")],
+     ({"arch": "efficientnet_lite0", "mode": "finetune", "freeze_stages": 9}, "freeze_stages=9 is invalid"),
+     ({"teachers": ("/nonexistent/teacher",)}, "teacher /nonexistent/teacher"),
+     ({"teachers": ("/nonexistent/teacher",), "distill_weight": 0.0}, "distill_weight")],
 )
 def test_bad_settings_fail_before_any_run(synthetic_data, override, field):
     with pytest.raises(ValueError, match=field):

@@ -6,7 +6,8 @@ and macro-F1 for train/val/test. Training modes (:meth:`Classifier.set_trainable
 ``scratch`` trains everything; ``transfer`` trains the head on a frozen backbone;
 ``finetune`` does the same for ``head_epochs`` epochs, then unfreezes the last block (or
 everything but the first ``freeze_stages`` stages) and trains it at ``lr * backbone_lr_scale`` with
-its own warm-up.
+its own warm-up. Batches that carry soft targets (teachers' probabilities, :mod:`wbc.distillation`) train on
+``(1 - distill_weight) * cross-entropy + distill_weight * distillation loss``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from wbc.classes import NUM_CLASSES
+from wbc.distillation import distillation_loss
 from wbc.models import build_model, count_parameters
 
 
@@ -60,6 +62,8 @@ class WBCClassifierModule(pl.LightningModule):
         image_size: int = 128,
         channels_last: bool = True,
         num_classes: int = NUM_CLASSES,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 2.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -123,9 +127,12 @@ class WBCClassifierModule(pl.LightningModule):
         return max(float(step), self.time_budget_used * total_steps)
 
     def training_step(self, batch, batch_index):
-        images, targets = batch
+        images, targets, *soft_targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
+        if soft_targets:
+            weight = self.hparams.distill_weight
+            loss = (1 - weight) * loss + weight * distillation_loss(logits, soft_targets[0], self.hparams.distill_temperature)
         self.train_metrics.update(logits.detach(), targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)

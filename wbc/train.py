@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from wbc.checkpointing import EpochMetricsLogger, atomic_torch_save
 from wbc.data import BarcelonaDataModule
 from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
+from wbc.distillation import load_teachers, teacher_probabilities
 from wbc.evaluate import Evaluation
 from wbc.inference import load_model, load_model_from
 from wbc.model_logging import log_model_run
@@ -78,6 +80,13 @@ class TrainConfig:
     """How training batches are drawn: shuffle (each image once per epoch) or balanced (each class equally often)."""
     init_from: str | None = None
     """Start from this model's weights (checkpoint, exported folder or MLflow model URI; same arch) instead of ImageNet's."""
+    teachers: tuple[str, ...] = ()
+    """Distil from these models (checkpoints, exported folders or MLflow model URIs): the loss mixes the labels with
+    the teachers' mean probabilities on each training image (:mod:`wbc.distillation`)."""
+    distill_weight: float = 0.5
+    """With teachers: the share of the distillation loss in the training loss."""
+    distill_temperature: float = 2.0
+    """With teachers: the temperature that softens the teachers' and the model's probabilities in the distillation loss."""
     shiftbench: bool = True
     """After training, score the model on the shifted validation benchmark (``val_robust_acc``, the registry's metric)."""
     onnx: bool = True
@@ -120,6 +129,8 @@ class TrainConfig:
             ("num_workers", self.num_workers >= 0, "0 or a positive integer"),
             ("augment", self.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
             ("sampling", self.sampling in SAMPLINGS, f"one of {', '.join(SAMPLINGS)}"),
+            ("distill_weight", not self.teachers or 0 < self.distill_weight <= 1, "a number in (0, 1]"),
+            ("distill_temperature", not self.teachers or 0 < self.distill_temperature <= 100, "a number in (0, 100]"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -267,6 +278,7 @@ def train(config: TrainConfig) -> TrainResult | None:
         resumed = find_resumable_run(config.resume, config.experiment)
         config = config_from_run(resumed, config)
     config.validate()
+    teachers = _load_teachers(config)
     image_size = config.resolved_image_size
     lr = config.resolved_lr
     if tracking:
@@ -298,6 +310,8 @@ def train(config: TrainConfig) -> TrainResult | None:
             freeze_stages=config.freeze_stages,
             pretrained=config.resolved_pretrained and resumed is None and not config.init_from,
             image_size=image_size,
+            distill_weight=config.distill_weight if config.teachers else 0.0,
+            distill_temperature=config.distill_temperature,
         )
         if config.init_from and resumed is None:
             _load_initial_weights(module, config)
@@ -314,6 +328,8 @@ def train(config: TrainConfig) -> TrainResult | None:
             seed=config.seed,
         )
         datamodule.setup("fit")
+        if teachers:
+            _attach_teacher_probabilities(datamodule.datasets["train"], teachers, config)
         if run is None:
             # the checkpoint folder is rank 0's; Lightning broadcasts it to the other ranks
             checkpoint_dir = Path(config.output_dir).resolve() / "non-zero-rank"
@@ -349,6 +365,24 @@ def _load_initial_weights(module: WBCClassifierModule, config: TrainConfig) -> N
     module.model.load_state_dict(source.state_dict())
 
 
+def _load_teachers(config: TrainConfig) -> dict:
+    try:
+        return load_teachers(config.teachers)
+    except ValueError as error:
+        raise ConfigError(f"teacher {error}") from None
+
+
+def _attach_teacher_probabilities(train_images, teachers: dict, config: TrainConfig) -> None:
+    try:
+        train_images.soft_targets = teacher_probabilities(
+            teachers, train_images, config.distill_temperature, data_dir=config.data_dir,
+            limit_per_class=config.limit_per_class, cache_dir=config.cache_dir, skip_bad_images=config.skip_bad_images,
+            progress=config.progress,
+        )
+    except ValueError as error:
+        raise ConfigError(f"teacher {error}") from None
+
+
 def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datamodule: BarcelonaDataModule) -> None:
     """The params every training run logs under the same names, so runs compare column by column."""
     _, total_params = count_parameters(module.model)
@@ -372,6 +406,9 @@ def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datam
             "freeze_stages": config.freeze_stages,
             "pretrained": config.resolved_pretrained,
             "init_from": config.init_from or "",
+            "teachers": json.dumps(list(config.teachers)) if config.teachers else "",
+            "distill_weight": config.distill_weight if config.teachers else 0,
+            "distill_temperature": config.distill_temperature if config.teachers else 0,
             "seed": config.seed,
             "max_time": config.max_time or 0,
             "limit_per_class": config.limit_per_class,
@@ -392,6 +429,7 @@ _RESUMABLE_PARAMS = {
     "warmup_steps": int, "image_size": int, "label_smoothing": float, "ema": float, "augment": str, "sampling": str, "head_epochs": int, "unfreeze": str,
     "backbone_lr_scale": float, "freeze_stages": int, "pretrained": lambda v: v == "True", "seed": int,
     "max_time": lambda v: float(v) or None, "limit_per_class": int, "data_dir": str,
+    "teachers": lambda v: tuple(json.loads(v)) if v else (), "distill_weight": float, "distill_temperature": float,
 }
 
 
@@ -439,6 +477,9 @@ def config_from_run(run, config: TrainConfig) -> TrainConfig:
     settings = {name: parse(logged[name]) for name, parse in _RESUMABLE_PARAMS.items() if name in logged}
     if settings.get("unfreeze") == "none":
         settings.pop("unfreeze")
+    if not settings.get("teachers"):
+        settings.pop("distill_weight", None)
+        settings.pop("distill_temperature", None)
     return replace(config, **settings)
 
 

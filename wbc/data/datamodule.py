@@ -50,13 +50,15 @@ def train_augmentation(kind: str = "standard") -> v2.Compose | None:
 
 
 class DecodedImageDataset(Dataset):
-    """Samples from an array of decoded uint8 images: ``(image (3, S, S) uint8, target)``."""
+    """Samples from an array of decoded uint8 images: ``(image (3, S, S) uint8, target)``, and the
+    image's soft target (class probabilities) as a third item once ``soft_targets`` is set."""
 
     def __init__(self, pixels: np.ndarray, targets: np.ndarray, paths: list[str], transform=None) -> None:
         self.pixels = pixels
         self.targets = targets
         self.paths = paths
         self.transform = transform
+        self.soft_targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -65,6 +67,8 @@ class DecodedImageDataset(Dataset):
         image = torch.from_numpy(np.array(self.pixels[index]))
         if self.transform is not None:
             image = self.transform(image)
+        if self.soft_targets is not None:
+            return image, int(self.targets[index]), torch.from_numpy(self.soft_targets[index])
         return image, int(self.targets[index])
 
 

@@ -1,0 +1,76 @@
+"""Soft targets from teacher models, for knowledge distillation (Hinton et al. 2015).
+
+``wbc train --teacher MODEL [--teacher MODEL ...]`` scores every training image once with each teacher
+(one clean view) and keeps the mean of their probabilities, softened by a temperature. The training loss
+then mixes the labels' cross-entropy with the divergence from these probabilities, so one served model
+can learn what an ensemble knows.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from torch.nn import functional
+
+from wbc.data.datamodule import DecodedImageDataset, load_split
+from wbc.inference import Predictor
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence from the teachers' softened probabilities, times ``temperature**2`` (so its gradients
+    keep their scale whatever the temperature)."""
+    log_probabilities = functional.log_softmax(logits.float() / temperature, dim=1)
+    return functional.kl_div(log_probabilities, teacher_probabilities, reduction="batchmean") * temperature**2
+
+
+def load_teachers(teachers: Sequence[str]) -> dict[str, Predictor]:
+    """Each teacher's predictor (uncalibrated: the temperature here is the distillation's), by name."""
+    predictors = {}
+    for teacher in teachers:
+        try:
+            predictors[teacher] = Predictor.load(teacher)
+        except MlflowException as error:
+            raise ValueError(f"{teacher}: {error.message}") from None
+        predictors[teacher].calibration = None
+    return predictors
+
+
+def teacher_probabilities(
+    teachers: dict[str, Predictor],
+    train: DecodedImageDataset,
+    temperature: float,
+    *,
+    data_dir: str,
+    limit_per_class: int = 0,
+    cache_dir=None,
+    skip_bad_images: bool = False,
+    progress: bool = True,
+) -> np.ndarray:
+    """(N, classes) float32: the teachers' mean softmax(logits / temperature) on each image of ``train``.
+
+    A teacher trained at another input size scores the same images decoded at its own size.
+    """
+    total = None
+    for teacher, predictor in teachers.items():
+        started = time.perf_counter()
+        pixels = train.pixels
+        if predictor.image_size != train.pixels.shape[-1]:
+            resized = load_split(data_dir, "train", predictor.image_size, limit_per_class=limit_per_class,
+                                 cache_dir=cache_dir, skip_bad_images=skip_bad_images)
+            if resized.paths != train.paths:
+                raise ValueError(f"{teacher}: the training images decoded at {predictor.image_size} px are not "
+                                 "the ones being trained on (an image is unreadable at one size only); retrain the teacher at this size")
+            pixels = resized.pixels
+        logits = torch.from_numpy(predictor.logits_pixels(pixels))
+        probabilities = torch.softmax(logits / temperature, dim=1).numpy()
+        total = probabilities if total is None else total + probabilities
+        if progress:
+            accuracy = float((logits.argmax(1).numpy() == train.targets).mean())
+            print(f"teacher {teacher}: {len(train)} training images scored in {time.perf_counter() - started:.0f} s "
+                  f"({predictor.runtime}), training accuracy {accuracy:.4f}", file=sys.stderr, flush=True)
+    return (total / len(teachers)).astype(np.float32)
