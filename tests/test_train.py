@@ -13,7 +13,7 @@ from wbc.data import load_split
 from wbc.distillation import distillation_loss
 from wbc.inference import Predictor, export_model, load_model
 from wbc.module import WBCClassifierModule, warmup_cosine
-from wbc.train import TrainConfig, train
+from wbc.train import TrainConfig, config_from_run, train
 
 from conftest import isolated
 
@@ -146,8 +146,10 @@ def test_a_student_learns_its_teachers_answers_not_the_labels(trained, synthetic
     teacher_dir = export_model(teacher, image_size, tmp_path / "teacher", onnx=False)
     student = train(tiny_config(synthetic_data, epochs=6, lr=1e-2, teachers=(str(teacher_dir),), distill_weight=1.0,
                                 distill_temperature=1.0, shiftbench=False))
-    params = mlflow.MlflowClient().get_run(student.run_id).data.params
-    assert json.loads(params["teachers"]) == [str(teacher_dir)] and params["distill_weight"] == "1.0"
+    run = mlflow.MlflowClient().get_run(student.run_id)
+    assert json.loads(run.data.params["teachers"]) == [str(teacher_dir)] and run.data.params["distill_weight"] == "1.0"
+    resumed = config_from_run(run, TrainConfig())
+    assert (resumed.teachers, resumed.distill_weight, resumed.distill_temperature) == ((str(teacher_dir),), 1.0, 1.0)
     valid = load_split(synthetic_data, "valid", image_size)
     teacher_answers = Predictor(teacher, image_size).predict_pixels(valid.pixels).argmax(1)
     # the last epoch's weights: the kept "best" checkpoint is chosen by F1 against the labels

@@ -226,7 +226,7 @@ def main_job(robust_epochs: int, **options) -> None:
     average the two (as much of stage 2 as keeps valid accuracy within 0.3 points of the better stage);
     each stage is calibrated and scored on valid and on the shifted benchmark; register the best on
     clean + shifted accuracy (val_robust_acc) as champion."""
-    from wbc.model_registry import DEFAULT_METRIC, MAX_CLEAN_DROP
+    from wbc.model_registry import DEFAULT_METRIC, clean_accuracy_floor
 
     first = _train_and_report(dict(options))
     if first is None:
@@ -238,7 +238,7 @@ def main_job(robust_epochs: int, **options) -> None:
         stage2 = _train_and_report(second)
         if stage2 is None:
             return
-        min_accuracy = max(first.best_val_acc, stage2.best_val_acc) - MAX_CLEAN_DROP
+        min_accuracy = clean_accuracy_floor([first.best_val_acc, stage2.best_val_acc])
         click.echo(f"stage 3: weight average of stage 1 and stage 2, with the first of {', '.join(map(str, ROBUST_AVERAGE_WEIGHTS))} "
                    f"on stage 2 that keeps valid accuracy at or above {min_accuracy:.4f}")
         _average_and_report(f"runs:/{first.run_id}/model", f"runs:/{stage2.run_id}/model", ROBUST_AVERAGE_WEIGHTS,

@@ -30,6 +30,14 @@ CLEAN_METRIC = "val_clean_acc"
 MAX_CLEAN_DROP = 0.003
 """Selecting on :data:`DEFAULT_METRIC`, a candidate may trail the most accurate candidate on clean
 validation accuracy by at most this much (0.3 points): robustness must not cost the lab's own images."""
+
+
+def clean_accuracy_floor(clean_accuracies) -> float:
+    """The least clean validation accuracy a candidate may have: the best of ``clean_accuracies`` less
+    :data:`MAX_CLEAN_DROP` (with a hair of slack for float round-trips)."""
+    return max(clean_accuracies) - MAX_CLEAN_DROP - 1e-9
+
+
 DEFAULT_SEARCH_EXPERIMENTS = f"{DEFAULT_EXPERIMENT},Default"
 """Where ``register`` looks: ``mlflow run`` without ``--experiment-name`` logs to ``Default``."""
 
@@ -65,8 +73,8 @@ def best_training_run(client: MlflowClient, experiment: str, metric: str):
     )
     runs = [run for run in runs if metric in run.data.metrics]
     if metric == DEFAULT_METRIC and runs:
-        floor = max(run.data.metrics.get(CLEAN_METRIC, 0.0) for run in runs) - MAX_CLEAN_DROP
-        runs = [run for run in runs if run.data.metrics.get(CLEAN_METRIC, 0.0) >= floor - 1e-9]
+        floor = clean_accuracy_floor(run.data.metrics.get(CLEAN_METRIC, 0.0) for run in runs)
+        runs = [run for run in runs if run.data.metrics.get(CLEAN_METRIC, 0.0) >= floor]
     if not runs:
         raise RegistryError(
             f"no finished training run with metric {metric!r} in experiment {experiment!r}: train a model first"
@@ -140,8 +148,8 @@ def _clean_enough(client: MlflowClient, versions: list, metric: str, against: li
             clean[version.version] = client.get_run(version.run_id).data.metrics.get(CLEAN_METRIC, 0.0)
         except MlflowException:
             clean[version.version] = 0.0
-    floor = max([*clean.values(), *(run.data.metrics.get(CLEAN_METRIC, 0.0) for run in against or [])]) - MAX_CLEAN_DROP
-    return [version for version in versions if clean[version.version] >= floor - 1e-9]
+    floor = clean_accuracy_floor([*clean.values(), *(run.data.metrics.get(CLEAN_METRIC, 0.0) for run in against or [])])
+    return [version for version in versions if clean[version.version] >= floor]
 
 
 def _alias_target(client: MlflowClient, model_name: str, alias: str):
