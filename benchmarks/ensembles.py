@@ -1,12 +1,12 @@
 """Would averaging the probabilities of models we already have reach 99.2 %? (issue #5 accuracy experiment)
 
-Usage: python benchmarks/ensembles.py NAME=MODEL [NAME=MODEL ...] [--data-dir ../shared/data] [--top 25]
+Usage: python benchmarks/ensembles.py NAME=MODEL [NAME=MODEL ...] [--data-dir ../shared/data] [--top 25] [--clean-only]
 
 MODEL is anything ``wbc evaluate`` takes (an MLflow model URI, an exported folder, a checkpoint). Each
 model scores the clean validation split and the 21 shifted conditions of ``wbc shiftbench`` (seed 0,
-the same images). Probabilities are the plain softmax (no temperature), so every member weighs the
-same. Prints each model's clean and mean shifted accuracy, then every ensemble of 2 to 4 members,
-best clean accuracy first.
+the same images; ``--clean-only`` skips them). Probabilities are the plain softmax (no temperature), so
+every member weighs the same. Prints each model's clean and mean shifted accuracy, the ensemble of all
+members, then every ensemble of 2 to 5 members, best clean accuracy first.
 """
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ from wbc.runtime import tune_malloc_and_reexec
 from wbc.tracking import configure_tracking
 
 
+def described(accuracy: np.ndarray) -> str:
+    """Clean accuracy (row 0) and, unless --clean-only, the mean over the shifted conditions."""
+    shifted = f" shifted {100 * accuracy[1:].mean():.2f} %" if len(accuracy) > 1 else ""
+    return f"clean {100 * accuracy[0]:.2f} %{shifted}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", metavar="NAME=MODEL")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--clean-only", action="store_true", help="score the clean validation split only")
     args = parser.parse_args()
     members = dict(item.split("=", 1) for item in args.models)
     configure_tracking()
@@ -42,18 +49,21 @@ def main() -> None:
             image_size = predictor.image_size
             valid = load_split(args.data_dir, "valid", image_size)
             clean, targets = torch.from_numpy(np.array(valid.pixels)), valid.targets
-            conditions = [clean] + [apply_shift(clean, shift, severity, seed=severity) for shift in SHIFTS for severity in SEVERITIES]
+            shifted = [] if args.clean_only else [apply_shift(clean, shift, severity, seed=severity) for shift in SHIFTS for severity in SEVERITIES]
+            conditions = [clean, *shifted]
         probabilities[name] = np.stack([predictor.predict_pixels(images) for images in conditions])
         accuracy = (probabilities[name].argmax(-1) == targets).mean(axis=1)
-        print(f"{name}: clean {100 * accuracy[0]:.2f} % shifted {100 * accuracy[1:].mean():.2f} % "
-              f"({predictor.runtime}, {time.perf_counter() - started:.0f} s)", flush=True)
+        print(f"{name}: {described(accuracy)} ({predictor.runtime}, {time.perf_counter() - started:.0f} s)", flush=True)
+    every = (sum(probabilities.values()).argmax(-1) == targets).mean(axis=1)
+    print(f"all {len(members)}: {described(every)}")
     results = []
-    for size in range(2, min(4, len(members)) + 1):
+    for size in range(2, min(5, len(members)) + 1):
         for combo in itertools.combinations(members, size):
             accuracy = (sum(probabilities[name] for name in combo).argmax(-1) == targets).mean(axis=1)
-            results.append((accuracy[0], accuracy[1:].mean(), "+".join(combo)))
-    for clean_accuracy, shifted_accuracy, combo in sorted(results, reverse=True)[: args.top]:
-        print(f"{combo}: clean {100 * clean_accuracy:.2f} % shifted {100 * shifted_accuracy:.2f} %")
+            results.append(("+".join(combo), accuracy))
+    ranked = sorted(results, key=lambda result: (result[1][0], result[1][1:].mean() if len(result[1]) > 1 else 0.0), reverse=True)
+    for combo, accuracy in ranked[: args.top]:
+        print(f"{combo}: {described(accuracy)}")
 
 
 if __name__ == "__main__":
