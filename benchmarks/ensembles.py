@@ -6,7 +6,7 @@ MODEL is anything ``wbc evaluate`` takes (an MLflow model URI, an exported folde
 model scores the clean validation split and the 21 shifted conditions of ``wbc shiftbench`` (seed 0,
 the same images; ``--clean-only`` skips them). Probabilities are the plain softmax (no temperature), so
 every member weighs the same. Prints each model's clean and mean shifted accuracy, the ensemble of all
-members, then every ensemble of 2 to 5 members, best clean accuracy first.
+members, then every smaller ensemble of 2 to 5 members, best clean accuracy first.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     every = (sum(probabilities.values()).argmax(-1) == targets).mean(axis=1)
     print(f"all {len(members)}: {described(every)}")
     results = []
-    for size in range(2, min(5, len(members)) + 1):
+    for size in range(2, min(5, len(members) - 1) + 1):  # the whole set is printed above
         for combo in itertools.combinations(members, size):
             accuracy = (sum(probabilities[name] for name in combo).argmax(-1) == targets).mean(axis=1)
             results.append(("+".join(combo), accuracy))

@@ -7,10 +7,10 @@ import mlflow
 import pytest
 import torch
 
-from wbc.evaluate import REPORT_FILES
 from wbc.classes import NUM_CLASSES
 from wbc.data import load_split
 from wbc.distillation import distillation_loss
+from wbc.evaluate import REPORT_FILES
 from wbc.inference import Predictor, export_model, load_model
 from wbc.module import WBCClassifierModule, warmup_cosine
 from wbc.train import TrainConfig, config_from_run, train
@@ -144,19 +144,24 @@ def test_a_student_learns_its_teachers_answers_not_the_labels(trained, synthetic
         head.weight.copy_(head.weight.roll(1, dims=0))
         head.bias.copy_(head.bias.roll(1, dims=0))
     teacher_dir = export_model(teacher, image_size, tmp_path / "teacher", onnx=False)
-    student = train(tiny_config(synthetic_data, epochs=6, lr=1e-2, teachers=(str(teacher_dir),), distill_weight=1.0,
-                                distill_temperature=1.0, shiftbench=False))
+    # the student at 40 px: the teacher scores the training images decoded at its own 32 px
+    student = train(tiny_config(synthetic_data, epochs=6, lr=1e-2, image_size=40, teachers=(str(teacher_dir),),
+                                distill_weight=1.0, distill_temperature=1.0, shiftbench=False))
     run = mlflow.MlflowClient().get_run(student.run_id)
     assert json.loads(run.data.params["teachers"]) == [str(teacher_dir)] and run.data.params["distill_weight"] == "1.0"
+    assert "train_distill_loss" in run.data.metrics and "train_loss" in run.data.metrics
     resumed = config_from_run(run, TrainConfig())
     assert (resumed.teachers, resumed.distill_weight, resumed.distill_temperature) == ((str(teacher_dir),), 1.0, 1.0)
     valid = load_split(synthetic_data, "valid", image_size)
     teacher_answers = Predictor(teacher, image_size).predict_pixels(valid.pixels).argmax(1)
     # the last epoch's weights: the kept "best" checkpoint is chosen by F1 against the labels
-    student_answers = Predictor.load(Path(student.best_checkpoint).with_name("last.ckpt")).predict_pixels(valid.pixels).argmax(1)
+    last = Predictor.load(Path(student.best_checkpoint).with_name("last.ckpt"))
+    assert last.image_size == 40
+    student_answers = last.predict_pixels(load_split(synthetic_data, "valid", 40).pixels).argmax(1)
     assert (teacher_answers == (valid.targets + 1) % NUM_CLASSES).mean() >= 0.8
-    assert (student_answers == teacher_answers).mean() >= 0.8
-    assert (student_answers == valid.targets).mean() <= 0.2
+    # trained on the labels it would agree with this teacher on ~1/8 of the images, and with the labels on most
+    assert (student_answers == teacher_answers).mean() >= 0.6
+    assert (student_answers == valid.targets).mean() <= 0.3
 
 
 def test_distillation_loss_is_zero_only_at_the_teachers_probabilities():
@@ -207,7 +212,8 @@ def test_max_time_fits_the_schedule_to_the_time():
      ({"ema": 1.0}, "ema"), ({"sampling": "weighted"}, "sampling"), ({"freeze_stages": 1}, "freeze_stages=1 needs mode finetune"),
      ({"arch": "efficientnet_lite0", "mode": "finetune", "freeze_stages": 9}, "freeze_stages=9 is invalid"),
      ({"teachers": ("/nonexistent/teacher",)}, "teacher /nonexistent/teacher"),
-     ({"teachers": ("/nonexistent/teacher",), "distill_weight": 0.0}, "distill_weight")],
+     ({"teachers": ("/nonexistent/teacher",), "distill_weight": 0.0}, "distill_weight"),
+     ({"teachers": ("runs:/abc/model", "runs:/abc/model")}, "teacher runs:/abc/model: given twice")],
 )
 def test_bad_settings_fail_before_any_run(synthetic_data, override, field):
     with pytest.raises(ValueError, match=field):

@@ -234,7 +234,7 @@ def main_job(robust_epochs: int, **options) -> None:
     if robust_epochs:
         click.echo(f"stage 2: {robust_epochs} epochs from run {first.run_id} with --augment robust")
         os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, stage 1 was the project's run; stage 2 gets its own
-        second = dict(options, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model")
+        second = dict(options, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model", teachers=())
         stage2 = _train_and_report(second)
         if stage2 is None:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,14 +29,28 @@ def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor,
     return functional.kl_div(log_probabilities, teacher_probabilities, reduction="batchmean") * temperature**2
 
 
+class TeacherError(ValueError):
+    """A teacher cannot be used; the message starts with the teacher's name."""
+
+
+def canonical_teachers(teachers: Sequence[str]) -> tuple[str, ...]:
+    """The teachers as a run logs them: local paths made absolute (so a resumed run finds them from anywhere),
+    model URIs as given; a teacher named twice is an error (it would silently count once)."""
+    canonical = tuple(teacher if ":/" in teacher else str(Path(teacher).resolve()) for teacher in teachers)
+    for index, teacher in enumerate(canonical):
+        if teacher in canonical[:index]:
+            raise TeacherError(f"{teachers[index]}: given twice; name each teacher once")
+    return canonical
+
+
 def load_teachers(teachers: Sequence[str]) -> dict[str, Predictor]:
     """Each teacher's predictor (uncalibrated: the temperature here is the distillation's), by name."""
     predictors = {}
     for teacher in teachers:
         try:
             predictors[teacher] = Predictor.load(teacher)
-        except MlflowException as error:
-            raise ValueError(f"{teacher}: {error.message}") from None
+        except (MlflowException, ValueError) as error:
+            raise TeacherError(f"{teacher}: {getattr(error, 'message', error)}") from None
         predictors[teacher].calibration = None
     return predictors
 
@@ -63,8 +78,9 @@ def teacher_probabilities(
             resized = load_split(data_dir, "train", predictor.image_size, limit_per_class=limit_per_class,
                                  cache_dir=cache_dir, skip_bad_images=skip_bad_images)
             if resized.paths != train.paths:
-                raise ValueError(f"{teacher}: the training images decoded at {predictor.image_size} px are not "
-                                 "the ones being trained on (an image is unreadable at one size only); retrain the teacher at this size")
+                differing = sorted(set(resized.paths) ^ set(train.paths))
+                raise TeacherError(f"{teacher}: {differing[0] if differing else 'a training image'} is readable at one of "
+                                   f"{predictor.image_size} and {train.pixels.shape[-1]} px only; fix or remove that image")
             pixels = resized.pixels
         logits = torch.from_numpy(predictor.logits_pixels(pixels))
         probabilities = torch.softmax(logits / temperature, dim=1).numpy()

@@ -7,7 +7,8 @@ and macro-F1 for train/val/test. Training modes (:meth:`Classifier.set_trainable
 ``finetune`` does the same for ``head_epochs`` epochs, then unfreezes the last block (or
 everything but the first ``freeze_stages`` stages) and trains it at ``lr * backbone_lr_scale`` with
 its own warm-up. Batches that carry soft targets (teachers' probabilities, :mod:`wbc.distillation`) train on
-``(1 - distill_weight) * cross-entropy + distill_weight * distillation loss``.
+``(1 - distill_weight) * cross-entropy + distill_weight * distillation loss`` (``train_loss`` logs the
+cross-entropy, ``train_distill_loss`` the other).
 """
 
 from __future__ import annotations
@@ -130,11 +131,14 @@ class WBCClassifierModule(pl.LightningModule):
         images, targets, *soft_targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
+        # train_loss stays the labels' loss, comparable with every other run's
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if soft_targets:
             weight = self.hparams.distill_weight
-            loss = (1 - weight) * loss + weight * distillation_loss(logits, soft_targets[0], self.hparams.distill_temperature)
+            distill = distillation_loss(logits, soft_targets[0], self.hparams.distill_temperature)
+            self.log("train_distill_loss", distill, on_step=False, on_epoch=True, sync_dist=True)
+            loss = (1 - weight) * loss + weight * distill
         self.train_metrics.update(logits.detach(), targets)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from wbc.checkpointing import EpochMetricsLogger, atomic_torch_save
 from wbc.data import BarcelonaDataModule
 from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
-from wbc.distillation import load_teachers, teacher_probabilities
+from wbc.distillation import TeacherError, canonical_teachers, load_teachers, teacher_probabilities
 from wbc.evaluate import Evaluation
 from wbc.inference import load_model, load_model_from
 from wbc.model_logging import log_model_run
@@ -135,6 +135,10 @@ class TrainConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
+        try:
+            self.teachers = canonical_teachers(self.teachers)
+        except TeacherError as error:
+            raise ConfigError(f"teacher {error}") from None
         try:
             check_freeze_stages(get_spec(self.arch), self.mode, self.freeze_stages)
         except ValueError as error:
@@ -328,8 +332,6 @@ def train(config: TrainConfig) -> TrainResult | None:
             seed=config.seed,
         )
         datamodule.setup("fit")
-        if teachers:
-            _attach_teacher_probabilities(datamodule.datasets["train"], teachers, config)
         if run is None:
             # the checkpoint folder is rank 0's; Lightning broadcasts it to the other ranks
             checkpoint_dir = Path(config.output_dir).resolve() / "non-zero-rank"
@@ -339,6 +341,9 @@ def train(config: TrainConfig) -> TrainResult | None:
             mlflow.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir), **({"wbc.resumed": "true"} if resumed else {})})
             if config.progress:
                 print(f"MLflow run {run.info.run_id}; checkpoints in {checkpoint_dir}", file=sys.stderr)
+        if teachers:
+            _attach_teacher_probabilities(datamodule.datasets["train"], teachers, config, progress=config.progress and tracking)
+            teachers = None  # their networks are not needed again
         trainer, checkpoint = _make_trainer(config, checkpoint_dir, run.info.run_id if run else None)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint_dir / "last.ckpt") if resumed else None)
@@ -368,18 +373,18 @@ def _load_initial_weights(module: WBCClassifierModule, config: TrainConfig) -> N
 def _load_teachers(config: TrainConfig) -> dict:
     try:
         return load_teachers(config.teachers)
-    except ValueError as error:
+    except TeacherError as error:
         raise ConfigError(f"teacher {error}") from None
 
 
-def _attach_teacher_probabilities(train_images, teachers: dict, config: TrainConfig) -> None:
+def _attach_teacher_probabilities(train_images, teachers: dict, config: TrainConfig, progress: bool) -> None:
     try:
         train_images.soft_targets = teacher_probabilities(
             teachers, train_images, config.distill_temperature, data_dir=config.data_dir,
             limit_per_class=config.limit_per_class, cache_dir=config.cache_dir, skip_bad_images=config.skip_bad_images,
-            progress=config.progress,
+            progress=progress,
         )
-    except ValueError as error:
+    except TeacherError as error:
         raise ConfigError(f"teacher {error}") from None
 
 
