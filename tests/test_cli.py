@@ -230,3 +230,27 @@ def test_a_recipe_setting_no_option_reads_is_refused():
 
     with pytest.raises(TypeError, match="backbone_lr_scale"):
         training_options(epochs=3, backbone_lr_scale=1.0)(lambda **options: None)
+
+
+def test_main_skips_stages_2_and_3_when_stage_1_used_the_time_budget(synthetic_data):
+    from wbc.recipes import STAGE1_TIME_SHARE
+
+    budget = 0.02  # minutes: stage 1 alone takes longer, so nothing is left for stage 2 and its evaluation
+    result = invoke("main", "--data-dir", synthetic_data, "--arch", "scratch", "--mode", "scratch", "--image-size", 32,
+                    "--epochs", 2, "--limit-per-class", 2, "--no-onnx", "--time-budget", budget)
+    assert result.exit_code == 0, result.output
+    assert f"stage 1 trains for at most {budget * STAGE1_TIME_SHARE:.1f} min" in result.output
+    assert "stages 2 and 3 skipped" in result.output and "stage 2:" not in result.output
+    (run,) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.kind` = 'train'", output_format="list")
+    assert float(run.data.params["max_time"]) == pytest.approx(budget * STAGE1_TIME_SHARE)
+    champion = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "champion")
+    assert champion.run_id == run.info.run_id and "is now @champion" in result.output
+
+
+@pytest.mark.parametrize("budget, elapsed, after_training, expected", [
+    (90, 50, 5, 30), (90, 80, 5, None), (90, 76.5, 5, 3.5), (90, 30, 0, 60),
+])
+def test_stage_2_gets_the_budget_left_after_two_evaluations(budget, elapsed, after_training, expected):
+    from wbc.recipes import stage2_minutes
+
+    assert stage2_minutes(budget, elapsed, after_training) == (None if expected is None else pytest.approx(expected))

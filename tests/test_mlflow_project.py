@@ -19,6 +19,7 @@ from PIL import Image
 
 from wbc.classes import CLASS_NAMES
 from wbc.model_registry import MAX_CLEAN_DROP
+from wbc.recipes import STAGE1_TIME_SHARE, TIME_BUDGET_MINUTES
 
 from conftest import free_port, start_http_server, stop_process_group
 from test_bad_input import CASES
@@ -247,6 +248,11 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     assert second.data.params["init_from"] == f"runs:/{first.info.run_id}/model"
     assert second.data.params["augment"] == "robust" and second.data.params["epochs"] == "1"
     assert float(second.data.params["lr"]) == pytest.approx(3e-4)
+    # the default 90-minute budget caps stage 1 at 47 % of it (the project's run holds max_time=0 as given) and
+    # stage 2 at what stage 1 left
+    assert float(first.data.params["resolved_max_time"]) == pytest.approx(TIME_BUDGET_MINUTES * STAGE1_TIME_SHARE)
+    until_stage2 = (second.info.start_time - first.info.start_time) / 60000
+    assert 0 < float(second.data.params["max_time"]) < TIME_BUDGET_MINUTES - until_stage2
     # stage 3 averages their weights
     assert averaged.data.tags["wbc.averaged"] == "true" and averaged.data.params["mode"] == "average"
     assert averaged.data.params["average_of"] == f"runs:/{first.info.run_id}/model runs:/{second.info.run_id}/model"

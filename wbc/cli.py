@@ -6,12 +6,21 @@ import functools
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import click
 
 from wbc.onnx_export import RUNTIMES
-from wbc.recipes import MAIN_RECIPE, ROBUST_AVERAGE_WEIGHTS, ROBUST_EPOCHS, ROBUST_STAGE
+from wbc.recipes import (
+    MAIN_RECIPE,
+    ROBUST_AVERAGE_WEIGHTS,
+    ROBUST_EPOCHS,
+    ROBUST_STAGE,
+    TIME_BUDGET_MINUTES,
+    stage1_minutes,
+    stage2_minutes,
+)
 
 DEFAULT_DATA_DIR = "../shared/data"
 DEFAULT_SELECTION_METRIC = "val_robust_acc"
@@ -220,21 +229,38 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 @training_options(**MAIN_RECIPE)
 @click.option("--robust-epochs", default=ROBUST_EPOCHS, show_default=True, type=click.IntRange(0, 1000),
               help="Stage 2: epochs continuing from stage 1 with the lab-to-lab shift augmentation (0 = no stage 2).")
+@click.option("--time-budget", default=TIME_BUDGET_MINUTES, show_default=True, type=click.FloatRange(0),
+              help="Minutes for the whole job (0 = no limit): stage 1 trains for at most 47 % of them (unless --max-time), "
+                   "stage 2 for what is left after reserving its own evaluation and stage 3's; fewer epochs on a slow machine.")
 @_user_errors
-def main_job(robust_epochs: int, **options) -> None:
+def main_job(robust_epochs: int, time_budget: float, **options) -> None:
     """The whole job: train (the documented recipe), then continue it with the shift augmentation, then
     average the two (as much of stage 2 as keeps valid accuracy within 0.3 points of the better stage);
     each stage is calibrated and scored on valid and on the shifted benchmark; register the best on
-    clean + shifted accuracy (val_robust_acc) as champion."""
+    clean + shifted accuracy (val_robust_acc) as champion. --time-budget caps the training of stages 1 and 2."""
     from wbc.model_registry import DEFAULT_METRIC, clean_accuracy_floor
 
+    started = time.monotonic()
+    if time_budget and not options["max_time"]:
+        options["max_time"] = stage1_minutes(time_budget, robust_epochs)
+        click.echo(f"time budget {time_budget:g} min: stage 1 trains for at most {options['max_time']:.1f} min")
     first = _train_and_report(dict(options))
     if first is None:
         return
+    stage2_cap = None
+    if robust_epochs and time_budget:
+        elapsed = (time.monotonic() - started) / 60
+        stage2_cap = stage2_minutes(time_budget, elapsed, max(elapsed - first.train_minutes, 0.0))
+        if stage2_cap is None:
+            click.echo(f"stages 2 and 3 skipped: {elapsed:.1f} of the {time_budget:g} min budget used by stage 1, too little "
+                       "left for another stage and its evaluation (--time-budget 0 for no limit)")
+            robust_epochs = 0
     if robust_epochs:
-        click.echo(f"stage 2: {robust_epochs} epochs from run {first.run_id} with --augment robust")
+        click.echo(f"stage 2: {robust_epochs} epochs from run {first.run_id} with --augment robust"
+                   + (f", training for at most {stage2_cap:.1f} min" if stage2_cap else ""))
         os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, stage 1 was the project's run; stage 2 gets its own
-        second = dict(options, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model", teachers=())
+        second = dict(options, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model", teachers=(),
+                      max_time=stage2_cap or options["max_time"])
         stage2 = _train_and_report(second)
         if stage2 is None:
             return

@@ -1,5 +1,7 @@
 """Named training recipes (settings over ``wbc train``'s defaults), measured in benchmarks/RESULTS.md."""
 
+from __future__ import annotations
+
 MAIN_RECIPE = {"epochs": 10, "image_size": 160, "augment": "standard"}
 """``wbc main``, stage 1: EfficientNet-Lite0 fine-tuned at 160 px for 10 epochs."""
 
@@ -18,3 +20,26 @@ ROBUST_AVERAGE_WEIGHTS = (0.7, 0.5, 0.35)
 of these shares of stage 2 whose validation accuracy stays within the registry's ``MAX_CLEAN_DROP`` of the
 better stage (else the most accurate): as much robustness as the champion rule is likely to let through
 (the rule itself compares ``val_clean_acc`` across every run of the experiment, so it can still differ)."""
+
+TIME_BUDGET_MINUTES = 90.0
+"""``wbc main --time-budget``: the whole job's minutes. On the faster 2-core machines the job takes about 43 and
+the caps below never bind; on machines 2.5-3.5x slower they shorten stages 1 and 2 instead of overrunning."""
+STAGE1_TIME_SHARE = 0.47
+"""Share of the budget stage 1 may train for when stage 2 follows (42 of 90 minutes, as measured on a slow
+machine); without stage 2, :data:`SINGLE_STAGE_TIME_SHARE`."""
+SINGLE_STAGE_TIME_SHARE = 0.9
+MIN_STAGE2_MINUTES = 3.0
+"""Below this many minutes of training left for stage 2, ``wbc main`` skips stages 2 and 3."""
+
+
+def stage1_minutes(time_budget: float, robust_epochs: int) -> float:
+    """Stage 1's training cap (``--max-time``) within the job's budget."""
+    return time_budget * (STAGE1_TIME_SHARE if robust_epochs else SINGLE_STAGE_TIME_SHARE)
+
+
+def stage2_minutes(time_budget: float, elapsed: float, stage1_after_training: float) -> float | None:
+    """Stage 2's training cap: the budget left after stage 1 (``elapsed`` minutes) less twice what stage 1 took
+    after training (evaluation, calibration, shifted benchmark, export), which stage 2 and the average each
+    take again. None when that is under :data:`MIN_STAGE2_MINUTES`."""
+    minutes = time_budget - elapsed - 2 * stage1_after_training
+    return minutes if minutes >= MIN_STAGE2_MINUTES else None
