@@ -17,6 +17,7 @@ from wbc.recipes import (
     ROBUST_AVERAGE_WEIGHTS,
     ROBUST_EPOCHS,
     ROBUST_STAGE,
+    STAGE1_TIME_SHARE,
     TIME_BUDGET_MINUTES,
     stage1_minutes,
     stage2_minutes,
@@ -230,7 +231,7 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 @click.option("--robust-epochs", default=ROBUST_EPOCHS, show_default=True, type=click.IntRange(0, 1000),
               help="Stage 2: epochs continuing from stage 1 with the lab-to-lab shift augmentation (0 = no stage 2).")
 @click.option("--time-budget", default=TIME_BUDGET_MINUTES, show_default=True, type=click.FloatRange(0),
-              help="Minutes for the whole job (0 = no limit): stage 1 trains for at most 47 % of them (unless --max-time), "
+              help=f"Minutes for the whole job (0 = no limit): stage 1 trains for at most {STAGE1_TIME_SHARE:.0%} of them (unless --max-time), "
                    "stage 2 for what is left after reserving its own evaluation and stage 3's; fewer epochs on a slow machine.")
 @_user_errors
 def main_job(robust_epochs: int, time_budget: float, **options) -> None:
@@ -242,7 +243,7 @@ def main_job(robust_epochs: int, time_budget: float, **options) -> None:
 
     started = time.monotonic()
     if time_budget and not options["max_time"]:
-        options["max_time"] = stage1_minutes(time_budget, robust_epochs)
+        options["max_time"] = round(stage1_minutes(time_budget, robust_epochs), 2)
         click.echo(f"time budget {time_budget:g} min: stage 1 trains for at most {options['max_time']:.1f} min")
     first = _train_and_report(dict(options))
     if first is None:
@@ -251,6 +252,7 @@ def main_job(robust_epochs: int, time_budget: float, **options) -> None:
     if robust_epochs and time_budget:
         elapsed = (time.monotonic() - started) / 60
         stage2_cap = stage2_minutes(time_budget, elapsed, max(elapsed - first.train_minutes, 0.0))
+        stage2_cap = stage2_cap and round(stage2_cap, 2)
         if stage2_cap is None:
             click.echo(f"stages 2 and 3 skipped: {elapsed:.1f} of the {time_budget:g} min budget used by stage 1, too little "
                        "left for another stage and its evaluation (--time-budget 0 for no limit)")
