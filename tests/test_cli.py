@@ -248,9 +248,9 @@ def test_main_skips_stages_2_and_3_when_stage_1_used_the_time_budget(synthetic_d
 
 
 @pytest.mark.parametrize("budget, elapsed, after_training, expected", [
-    (90, 50, 5, 30), (90, 80, 5, None), (90, 76.5, 5, 3.5), (90, 30, 0, 60),
+    (90, 50, 5, 27), (90, 80, 5, None), (90, 74, 5, 3), (90, 30, 0, 59.5), (25, 13.43, 1.58, 7.12),
 ])
-def test_stage_2_gets_the_budget_left_after_two_evaluations(budget, elapsed, after_training, expected):
+def test_stage_2_gets_the_budget_left_after_the_evaluations_to_come(budget, elapsed, after_training, expected):
     from wbc.recipes import stage2_minutes
 
     assert stage2_minutes(budget, elapsed, after_training) == (None if expected is None else pytest.approx(expected))

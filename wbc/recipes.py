@@ -28,6 +28,8 @@ STAGE1_TIME_SHARE = 0.47
 """Share of the budget stage 1 may train for when stage 2 follows (42 of 90 minutes, as measured on a slow
 machine); without stage 2, :data:`SINGLE_STAGE_TIME_SHARE`."""
 SINGLE_STAGE_TIME_SHARE = 0.9
+AFTER_STAGE2_FACTOR = 2.5
+REGISTER_MINUTES = 0.5
 MIN_STAGE2_MINUTES = 3.0
 """Below this many minutes of training left for stage 2, ``wbc main`` skips stages 2 and 3."""
 
@@ -38,8 +40,10 @@ def stage1_minutes(time_budget: float, robust_epochs: int) -> float:
 
 
 def stage2_minutes(time_budget: float, elapsed: float, stage1_after_training: float) -> float | None:
-    """Stage 2's training cap: the budget left after stage 1 (``elapsed`` minutes) less twice what stage 1 took
-    after training (evaluation, calibration, shifted benchmark, export), which stage 2 and the average each
-    take again. None when that is under :data:`MIN_STAGE2_MINUTES`."""
-    minutes = time_budget - elapsed - 2 * stage1_after_training
+    """Stage 2's training cap: the budget left after stage 1 (``elapsed`` minutes) less what comes after stage 2's
+    training. Stage 2's evaluation (calibration, shifted benchmark, export) takes about as long as stage 1's did
+    after training; stage 3 that again plus its weight search; registering a few seconds: together
+    :data:`AFTER_STAGE2_FACTOR` times stage 1's after-training time plus :data:`REGISTER_MINUTES`.
+    None when under :data:`MIN_STAGE2_MINUTES` are left."""
+    minutes = time_budget - elapsed - AFTER_STAGE2_FACTOR * stage1_after_training - REGISTER_MINUTES
     return minutes if minutes >= MIN_STAGE2_MINUTES else None
