@@ -243,7 +243,7 @@ def main_job(robust_epochs: int, time_budget: float, **options) -> None:
 
     started = time.monotonic()
     if time_budget and not options["max_time"]:
-        options["max_time"] = round(stage1_minutes(time_budget, robust_epochs), 2)
+        options["max_time"] = stage1_minutes(time_budget, robust_epochs)
         click.echo(f"time budget {time_budget:g} min: stage 1 trains for at most {options['max_time']:.1f} min")
     first = _train_and_report(dict(options))
     if first is None:
@@ -252,7 +252,6 @@ def main_job(robust_epochs: int, time_budget: float, **options) -> None:
     if robust_epochs and time_budget:
         elapsed = (time.monotonic() - started) / 60
         stage2_cap = stage2_minutes(time_budget, elapsed, max(elapsed - first.train_minutes, 0.0))
-        stage2_cap = stage2_cap and round(stage2_cap, 2)
         if stage2_cap is None:
             click.echo(f"stages 2 and 3 skipped: {elapsed:.1f} of the {time_budget:g} min budget used by stage 1, too little "
                        "left for another stage and its evaluation (--time-budget 0 for no limit)")

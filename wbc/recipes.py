@@ -35,8 +35,8 @@ MIN_STAGE2_MINUTES = 3.0
 
 
 def stage1_minutes(time_budget: float, robust_epochs: int) -> float:
-    """Stage 1's training cap (``--max-time``) within the job's budget."""
-    return time_budget * (STAGE1_TIME_SHARE if robust_epochs else SINGLE_STAGE_TIME_SHARE)
+    """Stage 1's training cap (``--max-time``) within the job's budget, to 0.01 min."""
+    return round(time_budget * (STAGE1_TIME_SHARE if robust_epochs else SINGLE_STAGE_TIME_SHARE), 2)
 
 
 def stage2_minutes(time_budget: float, elapsed: float, stage1_after_training: float) -> float | None:
@@ -44,6 +44,6 @@ def stage2_minutes(time_budget: float, elapsed: float, stage1_after_training: fl
     training. Stage 2's evaluation (calibration, shifted benchmark, export) takes about as long as stage 1's did
     after training; stage 3 that again plus its weight search; registering a few seconds: together
     :data:`AFTER_STAGE2_FACTOR` times stage 1's after-training time plus :data:`REGISTER_MINUTES`.
-    None when under :data:`MIN_STAGE2_MINUTES` are left."""
+    To 0.01 min; None when under :data:`MIN_STAGE2_MINUTES` are left."""
     minutes = time_budget - elapsed - AFTER_STAGE2_FACTOR * stage1_after_training - REGISTER_MINUTES
-    return minutes if minutes >= MIN_STAGE2_MINUTES else None
+    return round(minutes, 2) if minutes >= MIN_STAGE2_MINUTES else None
