@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -135,10 +135,8 @@ class TrainConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
-        try:
+        with _teacher_errors():
             self.teachers = canonical_teachers(self.teachers)
-        except TeacherError as error:
-            raise ConfigError(f"teacher {error}") from None
         try:
             check_freeze_stages(get_spec(self.arch), self.mode, self.freeze_stages)
         except ValueError as error:
@@ -282,7 +280,8 @@ def train(config: TrainConfig) -> TrainResult | None:
         resumed = find_resumable_run(config.resume, config.experiment)
         config = config_from_run(resumed, config)
     config.validate()
-    teachers = _load_teachers(config)
+    with _teacher_errors():
+        teachers = load_teachers(config.teachers)
     image_size = config.resolved_image_size
     lr = config.resolved_lr
     if tracking:
@@ -370,22 +369,22 @@ def _load_initial_weights(module: WBCClassifierModule, config: TrainConfig) -> N
     module.model.load_state_dict(source.state_dict())
 
 
-def _load_teachers(config: TrainConfig) -> dict:
+@contextmanager
+def _teacher_errors():
+    """A teacher that cannot be used is a setting error, named as such."""
     try:
-        return load_teachers(config.teachers)
+        yield
     except TeacherError as error:
         raise ConfigError(f"teacher {error}") from None
 
 
 def _attach_teacher_probabilities(train_images, teachers: dict, config: TrainConfig, progress: bool) -> None:
-    try:
+    with _teacher_errors():
         train_images.soft_targets = teacher_probabilities(
             teachers, train_images, config.distill_temperature, data_dir=config.data_dir,
             limit_per_class=config.limit_per_class, cache_dir=config.cache_dir, skip_bad_images=config.skip_bad_images,
             progress=progress,
         )
-    except TeacherError as error:
-        raise ConfigError(f"teacher {error}") from None
 
 
 def _log_training_params(config: TrainConfig, module: WBCClassifierModule, datamodule: BarcelonaDataModule) -> None:
