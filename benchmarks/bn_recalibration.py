@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from wbc.data import load_split
-from wbc.data.datamodule import train_augmentation
+from wbc.data.augmentation import train_augmentation
 from wbc.data.settings import AUGMENTATIONS
 from wbc.inference import Predictor, load_model_from
-from wbc.runtime import tune_malloc_and_reexec
-from wbc.tracking import configure_tracking
+from wbc._process import tune_malloc_and_reexec
+from wbc.tracking.runs import configure_tracking
 
 
 def accuracy(model, image_size: int, valid) -> float:

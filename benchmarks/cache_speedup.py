@@ -15,11 +15,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wbc.data.cache import decode_cached
-from wbc.data.datamodule import DecodedImageDataset, limit_samples, train_augmentation
+from wbc.data.splits import DecodedImageDataset, limit_samples
+from wbc.data.augmentation import train_augmentation
 from wbc.data.dataset import BarcelonaDataset
 from wbc.data.images import decode_image
-from wbc.module import WBCClassifierModule
-from wbc.runtime import tune_malloc_and_reexec
+from wbc.training.module import WBCClassifierModule
+from wbc._process import tune_malloc_and_reexec
 
 
 class DecodeEveryTime(Dataset):

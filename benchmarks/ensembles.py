@@ -21,8 +21,8 @@ import torch
 from wbc.data import load_split
 from wbc.data.shifts import SEVERITIES, SHIFTS, apply_shift
 from wbc.inference import Predictor
-from wbc.runtime import tune_malloc_and_reexec
-from wbc.tracking import configure_tracking
+from wbc._process import tune_malloc_and_reexec
+from wbc.tracking.runs import configure_tracking
 
 
 def described(accuracy: np.ndarray) -> str:

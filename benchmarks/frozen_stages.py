@@ -18,7 +18,7 @@ from torch import nn
 
 from speedups import throughput
 from wbc.models import build_model, get_spec
-from wbc.runtime import tune_malloc_and_reexec
+from wbc._process import tune_malloc_and_reexec
 
 
 def split_at_stage(model, freeze_stages: int) -> tuple[nn.Module, nn.Module]:

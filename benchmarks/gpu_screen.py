@@ -2,7 +2,7 @@
 
 The GPU machine has PyTorch, Lightning, timm and scikit-image but not MLflow, nor the data: ``pack``
 writes the decoded 160 px splits as WebP bytes (the carry limit is 64 MiB) and the Lite0 ImageNet
-weights as float16; ``run`` trains each recipe with :class:`wbc.module.WBCClassifierModule`, the data
+weights as float16; ``run`` trains each recipe with :class:`wbc.training.module.WBCClassifierModule`, the data
 module's augmentations and batch size 64 (as on CPU; the module's own ``backbone_lr_scale=1``, where
 ``wbc train`` defaults to 0.5), and prints one JSON line per recipe: validation
 accuracy and macro-F1 per epoch and, for the final weights, accuracy under each lab-to-lab shift at
@@ -109,9 +109,11 @@ def train_one(name: str, pack_dir: Path, workers: int, limit: int, max_epochs: i
     from torch.utils.data import DataLoader, WeightedRandomSampler, default_collate
     from torchvision.transforms import v2
 
-    from wbc.data.datamodule import DecodedImageDataset, train_augmentation
+    from wbc.data.splits import DecodedImageDataset
+
+    from wbc.data.augmentation import train_augmentation
     from wbc.data.shifts import SHIFTS, apply_shift
-    from wbc.module import WBCClassifierModule
+    from wbc.training.module import WBCClassifierModule
 
     _install_fp16_weights(pack_dir)
     torch.backends.cudnn.benchmark = True

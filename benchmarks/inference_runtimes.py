@@ -23,8 +23,8 @@ import torch
 
 from wbc.data.images import decode_image
 from wbc.inference import Predictor, resolved_model
-from wbc.runtime import tune_malloc_and_reexec
-from wbc.serving import WBCImageClassifier
+from wbc._process import tune_malloc_and_reexec
+from wbc.serving.pyfunc import WBCImageClassifier
 
 
 def rate(call, images: int, seconds: float) -> float:

@@ -6,7 +6,7 @@ Usage (from the project folder):
 
 Every variant is static QDQ quantization in ONNX Runtime, activations uint8 with ranges from the same
 256 validation images `wbc` uses (every 6th), weights int8 per channel; they differ in the weights' bits
-and in which layers stay float. ``wbc`` is `wbc.onnx_export.quantize_onnx` itself. Speed: 32 random
+and in which layers stay float. ``wbc`` is `wbc.inference.onnx.quantize_onnx` itself. Speed: 32 random
 images per call, rounds alternating between the networks, the median ratio. Run it alone.
 """
 
@@ -35,7 +35,7 @@ def main() -> None:
 
     from wbc.data import load_split
     from wbc.inference import load_export_config, resolved_model
-    from wbc.onnx_export import ONNX_FILE, OnnxNetwork, calibration_reader, quantize_onnx
+    from wbc.inference.onnx import ONNX_FILE, OnnxNetwork, calibration_reader, quantize_onnx
 
     with resolved_model(args.model) as folder, tempfile.TemporaryDirectory(prefix="wbc-int8-") as scratch_dir:
         scratch = Path(scratch_dir)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from wbc.runtime import MALLOC_SETTINGS
+from wbc._process import MALLOC_SETTINGS
 
 
 def _free_port() -> int:

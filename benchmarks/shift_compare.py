@@ -13,7 +13,7 @@ import tempfile
 import mlflow
 import pandas as pd
 
-from wbc.tracking import configure_tracking
+from wbc.tracking.runs import configure_tracking
 
 
 def load(run_id: str, folder: str) -> pd.DataFrame:

@@ -14,8 +14,8 @@ import argparse
 import time
 
 from wbc.inference import Predictor, resolved_model
-from wbc.runtime import tune_malloc_and_reexec
-from wbc.shiftbench import run_shiftbench
+from wbc._process import tune_malloc_and_reexec
+from wbc.evaluation.shiftbench import run_shiftbench
 
 
 def main() -> None:

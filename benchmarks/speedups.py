@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from wbc.data.datamodule import train_augmentation
+from wbc.data.augmentation import train_augmentation
 from wbc.models import build_model
-from wbc.runtime import tune_malloc_and_reexec
+from wbc._process import tune_malloc_and_reexec
 
 
 def throughput(step, images, steps: int, warmup: int = 3) -> float:

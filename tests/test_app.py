@@ -12,7 +12,8 @@ import requests
 
 from wbc.classes import CLASS_NAMES
 from wbc.inference import Predictor
-from wbc.train import TrainConfig, train
+from wbc.training.config import TrainConfig
+from wbc.jobs.train import train
 
 from conftest import free_port, isolated, start_http_server, stop_process_group
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from wbc.averaging import AveragingError, average_weights, fitted_weight
+from wbc.training.averaging import AveragingError, average_weights, fitted_weight
 from wbc.models import build_model
 
 
@@ -62,7 +62,7 @@ def test_wbc_average_logs_the_int8_flavour_when_asked(synthetic_data, tmp_path, 
     from wbc.cli import cli
     from wbc.inference import export_model
 
-    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.0)  # untrained networks have no margins
+    monkeypatch.setattr("wbc.inference.onnx.INT8_MIN_AGREEMENT", 0.0)  # untrained networks have no margins
     first = export_model(_model(0), 32, tmp_path / "first", onnx=False)
     second = export_model(_model(1), 32, tmp_path / "second", onnx=False)
     result = CliRunner().invoke(cli, ["average", str(first), str(second), "--data-dir", str(synthetic_data), "--int8"],

@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from wbc.calibration import (
-    Calibration,
-    expected_calibration_error,
-    fit_calibration,
-    fit_temperature,
-    in_distribution_score,
-    review_threshold,
-)
-from wbc.data.datamodule import train_augmentation
+from wbc.inference.calibration import Calibration, in_distribution_score
+
+from wbc.evaluation.calibration import expected_calibration_error, fit_calibration, fit_temperature, review_threshold
+from wbc.data.augmentation import train_augmentation
 from wbc.data.shifts import SEVERITIES, SHIFTS, apply_shift, magnify
 from wbc.inference import Predictor, export_model, load_calibration
 from wbc.models import build_model

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from wbc.classes import CLASS_NAMES
 from wbc.cli import cli
 from wbc.inference import Predictor
-from wbc.train import TrainConfig, train
+from wbc.training.config import TrainConfig
+from wbc.jobs.train import train
 
 from conftest import isolated
 
@@ -149,7 +150,7 @@ def test_compare_logs_one_study_run_with_a_row_per_model(synthetic_data, monkeyp
 
 
 def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, tmp_path):
-    from wbc.shiftbench import SELECTION_METRIC
+    from wbc.evaluation.shiftbench import SELECTION_METRIC
 
     config = dict(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16, image_size=32, progress=False,
                   onnx=False)
@@ -194,7 +195,7 @@ def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, 
 
 
 def test_calibrate_adds_the_int8_flavour_to_a_run_in_another_experiment(synthetic_data, monkeypatch, tmp_path):
-    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.0)  # a one-epoch network's margins are small
+    monkeypatch.setattr("wbc.inference.onnx.INT8_MIN_AGREEMENT", 0.0)  # a one-epoch network's margins are small
     trained = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16,
                                 image_size=32, progress=False, shiftbench=False, experiment="elsewhere"))
     result = invoke("calibrate", trained.run_id, "--data-dir", synthetic_data, "--int8")
@@ -217,23 +218,8 @@ def test_calibrate_adds_the_int8_flavour_to_a_run_in_another_experiment(syntheti
     assert list(scratch.iterdir()) == []
 
 
-def test_the_command_line_and_the_registry_agree_on_the_selection_metric():
-    from wbc.cli import DEFAULT_SELECTION_METRIC
-    from wbc.model_registry import DEFAULT_METRIC
-    from wbc.shiftbench import SELECTION_METRIC
-
-    assert DEFAULT_SELECTION_METRIC == DEFAULT_METRIC == SELECTION_METRIC
-
-
-def test_a_recipe_setting_no_option_reads_is_refused():
-    from wbc.cli import training_options
-
-    with pytest.raises(TypeError, match="backbone_lr_scale"):
-        training_options(epochs=3, backbone_lr_scale=1.0)(lambda **options: None)
-
-
 def test_main_skips_stages_2_and_3_when_stage_1_used_the_time_budget(synthetic_data):
-    from wbc.recipes import STAGE1_TIME_SHARE
+    from wbc.training.recipes import STAGE1_TIME_SHARE
 
     budget = 0.02  # minutes: stage 1 alone takes longer, so nothing is left for stage 2 and its evaluation
     result = invoke("main", "--data-dir", synthetic_data, "--arch", "scratch", "--mode", "scratch", "--image-size", 32,
@@ -251,6 +237,6 @@ def test_main_skips_stages_2_and_3_when_stage_1_used_the_time_budget(synthetic_d
     (90, 50, 5, 27), (90, 80, 5, None), (90, 74, 5, 3), (90, 30, 0, 59.5), (25, 13.43, 1.58, 7.12),
 ])
 def test_stage_2_gets_the_budget_left_after_the_evaluations_to_come(budget, elapsed, after_training, expected):
-    from wbc.recipes import stage2_minutes
+    from wbc.training.recipes import stage2_minutes
 
     assert stage2_minutes(budget, elapsed, after_training) == (None if expected is None else pytest.approx(expected))

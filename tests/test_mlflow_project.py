@@ -18,8 +18,8 @@ import yaml
 from PIL import Image
 
 from wbc.classes import CLASS_NAMES
-from wbc.model_registry import MAX_CLEAN_DROP
-from wbc.recipes import STAGE1_TIME_SHARE, TIME_BUDGET_MINUTES
+from wbc.tracking.registry import MAX_CLEAN_DROP
+from wbc.training.recipes import STAGE1_TIME_SHARE, TIME_BUDGET_MINUTES
 
 from conftest import free_port, start_http_server, stop_process_group
 from test_bad_input import CASES
@@ -221,7 +221,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
 
 def test_main_entry_point_defaults_are_wbc_mains():
     from wbc.cli import main_job
-    from wbc.recipes import MAIN_RECIPE
+    from wbc.training.recipes import MAIN_RECIPE
 
     parameters = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]["parameters"]
     for name in ("epochs", "image_size"):

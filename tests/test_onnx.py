@@ -10,7 +10,7 @@ import torch
 from wbc.inference import EXPORT_CONFIG, ModelLoadError, Predictor, export_model
 from wbc.classes import CLASS_NAMES
 from wbc.models import build_model
-from wbc.onnx_export import INT8_FILE, ONNX_FILE, TOLERANCE, OnnxNetwork
+from wbc.inference.onnx import INT8_FILE, ONNX_FILE, TOLERANCE, OnnxNetwork
 
 
 def _images(count: int, size: int, seed: int = 1) -> torch.Tensor:
@@ -56,7 +56,7 @@ def test_re_export_without_onnx_removes_a_stale_onnx_file(tmp_path):
 
 
 def test_int8_flavour_is_checked_recorded_and_served_only_on_request(tmp_path, monkeypatch):
-    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.5)  # a random tiny network has small margins
+    monkeypatch.setattr("wbc.inference.onnx.INT8_MIN_AGREEMENT", 0.5)  # a random tiny network has small margins
     torch.manual_seed(0)
     check = _images(64, 32)
     folder = export_model(build_model("scratch").eval(), 32, tmp_path / "model", int8=True, check_images=check)
@@ -76,7 +76,7 @@ def test_int8_flavour_is_checked_recorded_and_served_only_on_request(tmp_path, m
 
 
 def test_int8_below_the_agreement_floor_is_not_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr("wbc.inference.onnx.INT8_MIN_AGREEMENT", 1.01)
     with pytest.warns(UserWarning, match=r"no int8 flavour: int8 picks the float network's class on [\d.]+ % of the check images \(at least 101.0 % needed\)"):
         folder = export_model(build_model("scratch"), 32, tmp_path / "model", int8=True, check_images=_images(16, 32))
     assert (folder / ONNX_FILE).is_file() and not (folder / INT8_FILE).exists()
@@ -164,8 +164,8 @@ def test_served_model_uses_onnx_unless_told_otherwise(tmp_path, monkeypatch):
     import mlflow
     import pandas as pd
 
-    from wbc.serving import log_pyfunc_model
-    from wbc.tracking import configure_tracking
+    from wbc.serving.pyfunc import log_pyfunc_model
+    from wbc.tracking.runs import configure_tracking
 
     folder = export_model(build_model("scratch"), 32, tmp_path / "model")
     files = _cell_files(tmp_path / "cells", 3)
@@ -209,10 +209,10 @@ def test_mlflow_models_serve_answers_from_the_int8_flavour_when_told(tmp_path, m
     import requests
 
     from conftest import free_port, start_http_server, stop_process_group
-    from wbc.serving import log_pyfunc_model
-    from wbc.tracking import configure_tracking
+    from wbc.serving.pyfunc import log_pyfunc_model
+    from wbc.tracking.runs import configure_tracking
 
-    monkeypatch.setattr("wbc.onnx_export.INT8_MIN_AGREEMENT", 0.5)
+    monkeypatch.setattr("wbc.inference.onnx.INT8_MIN_AGREEMENT", 0.5)
     torch.manual_seed(0)
     folder = export_model(build_model("scratch").eval(), 32, tmp_path / "model", int8=True, check_images=_images(64, 32))
     files = _cell_files(tmp_path / "cells", 4)

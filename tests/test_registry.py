@@ -7,9 +7,10 @@ import sys
 import mlflow
 import pytest
 
-from wbc.model_registry import RegistryError, reconcile_alias
-from wbc.model_registry import register_best as register_by_metric
-from wbc.train import TrainConfig, train
+from wbc.tracking.registry import RegistryError, reconcile_alias
+from wbc.tracking.registry import register_best as register_by_metric
+from wbc.training.config import TrainConfig
+from wbc.jobs.train import train
 
 
 def register_best(**settings):
@@ -108,7 +109,7 @@ def test_concurrent_register_commands_keep_the_better_champion(synthetic_data, t
 
 def test_the_champion_is_the_most_robust_model_that_keeps_clean_accuracy(synthetic_data):
     """Selecting on val_robust_acc, a run may trail the best clean accuracy by at most 0.3 points."""
-    from wbc.model_registry import DEFAULT_METRIC, MAX_CLEAN_DROP
+    from wbc.tracking.registry import DEFAULT_METRIC, MAX_CLEAN_DROP
 
     client = mlflow.MlflowClient()
     runs = {name: _train(synthetic_data, seed=seed) for seed, name in enumerate(("plain", "too_costly", "robust"))}
@@ -135,8 +136,8 @@ def test_the_champion_is_the_most_robust_model_that_keeps_clean_accuracy(synthet
 def test_a_recalibrated_model_takes_over_its_versions_aliases_even_against_a_tied_run(synthetic_data):
     """``wbc calibrate`` on the champion's run: the new version holds @champion, although an identical run
     (same seed, same score) was registered in between; ties keep the sitting champion."""
-    from wbc.calibration_run import calibrate_run
-    from wbc.model_registry import SUPERSEDED_TAG, replace_run_versions
+    from wbc.jobs.calibrate import calibrate_run
+    from wbc.tracking.registry import SUPERSEDED_TAG, replace_run_versions
 
     client = mlflow.MlflowClient()
     first = _train(synthetic_data)

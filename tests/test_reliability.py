@@ -14,9 +14,10 @@ import mlflow
 import pytest
 import torch
 
-from wbc import checkpointing
-from wbc.checkpointing import EpochMetricsLogger, atomic_torch_save
-from wbc.train import AtomicCheckpointIO, ConfigError, TrainConfig, find_resumable_run, train
+from wbc._io import atomic_torch_save
+from wbc.jobs.train import find_resumable_run, train
+from wbc.training.callbacks import AtomicCheckpointIO, EpochMetricsLogger
+from wbc.training.config import ConfigError, TrainConfig
 
 from conftest import make_dataset
 
@@ -31,7 +32,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
         handle.write(b"half a checkpoint")
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(checkpointing.torch, "save", dies_halfway)
+    monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         atomic_torch_save({"epoch": 2}, target)
     monkeypatch.undo()

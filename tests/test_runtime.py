@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = """
 import atexit, sys
-from wbc.runtime import run_and_skip_teardown
+from wbc._process import run_and_skip_teardown
 
 class WritesWhenFreed:
     def __del__(self, open=open, path=sys.argv[1] + ".freed"):  # module globals may be gone by then

@@ -9,11 +9,12 @@ import torch
 
 from wbc.classes import NUM_CLASSES
 from wbc.data import load_split
-from wbc.distillation import distillation_loss
-from wbc.evaluate import REPORT_FILES
+from wbc.training.losses import distillation_loss
+from wbc.evaluation.reports import REPORT_FILES
 from wbc.inference import Predictor, export_model, load_model
-from wbc.module import WBCClassifierModule, warmup_cosine
-from wbc.train import TrainConfig, config_from_run, train
+from wbc.training.module import WBCClassifierModule, warmup_cosine
+from wbc.training.config import TrainConfig
+from wbc.jobs.train import config_from_run, train
 
 from conftest import isolated
 

@@ -1,7 +1,7 @@
 """``wbc`` and ``python -m wbc``: restart with the tuned allocator first, then import the (heavy) command
 line; leave without the interpreter's teardown once it is done."""
 
-from wbc.runtime import run_and_skip_teardown, tune_malloc_and_reexec
+from wbc._process import run_and_skip_teardown, tune_malloc_and_reexec
 
 
 def main(args: list[str] | None = None) -> None:

@@ -8,8 +8,9 @@ from importlib import import_module
 
 _HOMES = {
     "BarcelonaDataModule": "wbc.data.datamodule",
-    "DecodedImageDataset": "wbc.data.datamodule",
-    "load_split": "wbc.data.datamodule",
+    "DecodedImageDataset": "wbc.data.splits",
+    "load_split": "wbc.data.splits",
+    "train_augmentation": "wbc.data.augmentation",
     "BarcelonaDataset": "wbc.data.dataset",
     "DatasetError": "wbc.data.dataset",
     "ImageDecodeError": "wbc.data.images",

@@ -1,116 +1,24 @@
-"""`BarcelonaDataModule`: decoded-once uint8 images, cell-appropriate augmentation, batches.
+"""`BarcelonaDataModule`: the train / valid (/ test) splits decoded once, augmented, in batches.
 
 Batches hold uint8 images (N, 3, S, S); the model converts and normalises them itself, so the
-normalisation constants live with each architecture (:mod:`wbc.models.registry`), not here.
+normalisation constants live with each architecture (:mod:`wbc.models`), not here.
 """
 
 from __future__ import annotations
 
 import os
-import random
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from wbc.data.cache import decode_cached, fingerprint_files
+from wbc.data.augmentation import train_augmentation
+from wbc.data.cache import fingerprint_files
 from wbc.data.dataset import BarcelonaDataset
-from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
-from wbc.data.shifts import robust_augmentation
-
-
-class RandomRot90(torch.nn.Module):
-    """Rotate by a random multiple of 90 degrees (cells have no orientation)."""
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
-
-
-def train_augmentation(kind: str = "standard") -> v2.Compose | None:
-    """Training transforms: ``standard`` = flips, 90-degree rotations and light colour jitter;
-    ``robust`` adds the lab-to-lab shifts of :mod:`wbc.data.shifts` (zoom, stain, light, blur,
-    resolution, JPEG) now and then; ``none`` = no augmentation."""
-    if kind not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {kind!r}: choose one of {', '.join(AUGMENTATIONS)}")
-    if kind == "none":
-        return None
-    shifts = robust_augmentation() if kind == "robust" else []
-    return v2.Compose(
-        [
-            *shifts,
-            v2.RandomHorizontalFlip(),
-            RandomRot90(),
-            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
-        ]
-    )
-
-
-class DecodedImageDataset(Dataset):
-    """Samples from an array of decoded uint8 images: ``(image (3, S, S) uint8, target)``, and the
-    image's soft target (class probabilities) as a third item once ``soft_targets`` is set."""
-
-    def __init__(self, pixels: np.ndarray, targets: np.ndarray, paths: list[str], transform=None) -> None:
-        self.pixels = pixels
-        self.targets = targets
-        self.paths = paths
-        self.transform = transform
-        self.soft_targets: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        image = torch.from_numpy(np.array(self.pixels[index]))
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.soft_targets is not None:
-            return image, int(self.targets[index]), torch.from_numpy(self.soft_targets[index])
-        return image, int(self.targets[index])
-
-
-def limit_samples(samples: list[tuple[str, int]], per_class: int, seed: int = 0) -> list[tuple[str, int]]:
-    """At most ``per_class`` samples of each class, drawn with a fixed seed (all when ``per_class`` is 0)."""
-    if per_class <= 0:
-        return samples
-    by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
-    for sample in samples:
-        by_class[sample[1]].append(sample)
-    rng = random.Random(seed)
-    chosen = []
-    for target in sorted(by_class):
-        group = by_class[target]
-        chosen += group if len(group) <= per_class else rng.sample(group, per_class)
-    return sorted(chosen)
-
-
-def load_split(
-    data_dir: str | os.PathLike,
-    split: str,
-    image_size: int,
-    *,
-    limit_per_class: int = 0,
-    cache_dir=None,
-    skip_bad_images: bool = False,
-    transform=None,
-    decode_workers: int | None = None,
-) -> DecodedImageDataset:
-    """One split of the dataset, decoded once at ``image_size`` through the cache."""
-    samples = limit_samples(BarcelonaDataset(data_dir, split).samples, limit_per_class)
-    paths = [path for path, _ in samples]
-    decoded = decode_cached(
-        paths,
-        image_size,
-        cache_dir=cache_dir,
-        workers=decode_workers,
-        skip_bad_images=skip_bad_images,
-        description=f"decoding {split}",
-    )
-    targets = np.asarray([samples[i][1] for i in decoded.kept], dtype=np.int64)
-    return DecodedImageDataset(decoded.pixels, targets, [paths[i] for i in decoded.kept], transform)
+from wbc.data.settings import SAMPLINGS
+from wbc.data.splits import DecodedImageDataset, load_split
 
 
 class BarcelonaDataModule(pl.LightningDataModule):

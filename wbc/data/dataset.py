@@ -10,6 +10,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.utils import download_and_extract_archive, verify_str_arg
 
 from wbc.classes import CLASS_NAMES, CLASS_TO_IDX
+from wbc.errors import WBCError
 from wbc.data.images import decode_image_array
 
 ARCHIVE_URL = "https://cloud.minesparis.psl.eu/index.php/s/Rv8LxYm5rqTKOgS/download"
@@ -18,7 +19,7 @@ ARCHIVE_MD5 = "aad6827e0000988c5e3d72ace95da661"
 SPLITS = ("train", "valid", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(WBCError, ValueError):
     """The data on disk is not what the dataset expects; the message names the path."""
 
 

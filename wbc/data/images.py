@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from wbc.errors import WBCError
+
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 """Largest encoded image accepted (a cell crop is ~30 KB)."""
 MAX_IMAGE_PIXELS = 25_000_000
@@ -21,7 +23,7 @@ MAX_IMAGE_PIXELS = 25_000_000
 ImageSource = str | os.PathLike | bytes
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(WBCError, ValueError):
     """An input could not be read as an image; the message names the input and the reason."""
 
 

@@ -2,7 +2,7 @@
 
 from wbc.models import efficientnet_lite, scratch, torchvision_nets  # noqa: F401  (registers the builders)
 from wbc.models.classifier import MODES, UNFREEZE_CHOICES, Classifier, check_freeze_stages, count_parameters
-from wbc.models.registry import (
+from wbc.models._registry import (
     ModelSpec,
     PretrainedWeightsUnavailable,
     UnknownModelError,

@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from wbc.models.registry import PretrainedWeightsUnavailable, register_model
+from wbc.models._registry import PretrainedWeightsUnavailable, register_model
 
 LITE_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 _FIRST_BLOCK_LAYERS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}

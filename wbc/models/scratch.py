@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from wbc.models.registry import register_model
+from wbc.models._registry import register_model
 
 SCRATCH_MEAN = (0.8742, 0.7482, 0.7201)
 SCRATCH_STD = (0.1561, 0.1815, 0.0777)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
-from wbc.models.registry import PretrainedWeightsUnavailable, register_model
+from wbc.models._registry import PretrainedWeightsUnavailable, register_model
 
 RESNET_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 

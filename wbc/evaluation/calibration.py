@@ -1,0 +1,126 @@
+"""Calibrated confidence, review flags and the out-of-distribution flag, fitted on the validation split.
+
+- **Temperature scaling** (Guo et al. 2017): one scalar ``T`` divides the logits; fitted by
+  minimising the negative log-likelihood on valid. It changes confidences, never the predicted class.
+- **Review threshold**: the lowest calibrated confidence at which the cells accepted on valid (those
+  at or above it) have an error rate of at most ``target_error``; cells below it are flagged ``review``.
+- **In-distribution score**: the negative free energy ``T * logsumexp(logits / T)`` (Liu et al. 2020,
+  "Energy-based out-of-distribution detection"): high when the network recognises the image, low when
+  nothing in it looks like any class. The flag threshold is the ``flag_rate`` quantile of the clean
+  validation scores, so that at most that share of clean validation images is flagged.
+
+The fitted numbers travel with the exported model (``model.json``, key ``calibration``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wbc.data.datamodule import DecodedImageDataset
+from wbc.inference.calibration import Calibration, in_distribution_score
+from wbc.inference.predictor import Predictor
+
+DEFAULT_TARGET_ERROR = 0.005
+DEFAULT_FLAG_RATE = 0.05
+ECE_BINS = 15
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature that minimises the validation NLL (optimised in log space, so it stays positive)."""
+    log_temperature = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    logits = logits.float().detach()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_temperature.exp(), targets)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return float(log_temperature.detach().exp())
+
+
+def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-label ECE with 15 equal-width bins (torchmetrics)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error  # a 5 s import a served model does not need
+
+    return float(
+        multiclass_calibration_error(probabilities, targets, num_classes=probabilities.shape[1], n_bins=ECE_BINS, norm="l1")
+    )
+
+
+def review_threshold(confidences: np.ndarray, correct: np.ndarray, target_error: float) -> float:
+    """The lowest confidence threshold whose accepted cells (confidence >= it) err at most ``target_error``.
+
+    Returns a value above every confidence (everything goes to review) when no threshold reaches it.
+    """
+    if len(confidences) == 0:
+        raise ValueError("cannot choose a review threshold without any scored cells")
+    order = np.argsort(-confidences, kind="stable")
+    ranked = confidences[order]
+    error_rate = np.cumsum(~correct[order]) / np.arange(1, len(order) + 1)
+    # a threshold accepts every cell of equal confidence, so only the end of a run of ties can be cut
+    ends_tie = np.append(ranked[:-1] > ranked[1:], True)
+    ok = np.flatnonzero((error_rate <= target_error) & ends_tie)
+    if len(ok) == 0:
+        return float(np.nextafter(ranked[0], np.inf))
+    return float(ranked[ok[-1]])
+
+
+def fit_calibration(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    target_error: float = DEFAULT_TARGET_ERROR,
+    flag_rate: float = DEFAULT_FLAG_RATE,
+) -> Calibration:
+    """Fit temperature, review threshold and the out-of-distribution threshold on one labelled split."""
+    logits = torch.as_tensor(logits).float()
+    targets = torch.as_tensor(targets).long()
+    temperature = fit_temperature(logits, targets)
+    before = torch.softmax(logits, dim=1)
+    after = torch.softmax(logits / temperature, dim=1)
+    confidences, predicted = after.max(dim=1)
+    correct = (predicted == targets).numpy()
+    threshold = review_threshold(confidences.numpy(), correct, target_error)
+    scores = in_distribution_score(logits, temperature).numpy()
+    calibration = Calibration(
+        temperature=temperature,
+        review_threshold=threshold,
+        target_error=target_error,
+        ood_threshold=float(np.quantile(scores, flag_rate, method="lower")),
+        flag_rate=flag_rate,
+        ece_before=expected_calibration_error(before, targets),
+        ece_after=expected_calibration_error(after, targets),
+    )
+    accepted = ~calibration.needs_review(confidences.numpy())
+    calibration.accepted_fraction = float(accepted.mean())
+    calibration.accepted_error = float((~correct[accepted]).mean()) if accepted.any() else None
+    return calibration
+
+
+def calibrate(
+    predictor: Predictor,
+    valid: DecodedImageDataset,
+    target_error: float = DEFAULT_TARGET_ERROR,
+    flag_rate: float = DEFAULT_FLAG_RATE,
+) -> tuple[Calibration, torch.Tensor]:
+    """Fit on ``valid``; return the calibration and the raw logits (N, 8) float32 it was fitted on."""
+    logits = torch.from_numpy(predictor.logits_pixels(valid.pixels))
+    return fit_calibration(logits, torch.from_numpy(valid.targets), target_error, flag_rate), logits
+
+
+def calibration_metrics(calibration: Calibration) -> dict[str, float]:
+    """What the run records about its calibration (validation split)."""
+    metrics = {
+        "val_ece": calibration.ece_before,
+        "val_ece_calibrated": calibration.ece_after,
+        "temperature": calibration.temperature,
+        "review_threshold": calibration.review_threshold,
+        "review_fraction": 1 - calibration.accepted_fraction,
+        "accepted_error": calibration.accepted_error,
+        "ood_threshold": calibration.ood_threshold,
+    }
+    return {name: value for name, value in metrics.items() if value is not None}

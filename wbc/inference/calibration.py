@@ -1,0 +1,56 @@
+"""The calibration record a model carries (``model.json``, key ``calibration``) and the score it reads.
+
+The numbers are fitted on the validation split by :mod:`wbc.evaluation.calibration` (temperature scaling,
+Guo et al. 2017; review threshold; energy out-of-distribution threshold, Liu et al. 2020); here they are
+only applied, with torch alone, so the served model needs nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class Calibration:
+    temperature: float
+    review_threshold: float
+    target_error: float
+    ood_threshold: float
+    flag_rate: float
+    ood_method: str = "energy"
+    # measured on the split it was fitted on, for the record
+    ece_before: float | None = None
+    ece_after: float | None = None
+    accepted_fraction: float | None = None
+    accepted_error: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Calibration":
+        known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        return cls(**known)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float() / self.temperature, dim=1)
+
+    def in_distribution_score(self, logits: torch.Tensor) -> torch.Tensor:
+        return in_distribution_score(logits, self.temperature)
+
+    def in_distribution(self, scores):
+        """Whether in-distribution scores pass the threshold (False: flag the image as unlike the training data)."""
+        return scores >= self.ood_threshold
+
+    def needs_review(self, confidences):
+        """Whether calibrated confidences fall below the review threshold."""
+        return confidences < self.review_threshold
+
+
+def in_distribution_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative free energy per row; higher = more like the training data."""
+    return temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+
+

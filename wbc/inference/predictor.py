@@ -1,0 +1,186 @@
+"""Score images with a trained model: every consumer (``wbc evaluate``, ``wbc predict``, the served MLflow
+model, the web page) goes through :class:`Predictor`, so they preprocess and score identically."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from wbc.classes import CLASS_NAMES
+from wbc.data.images import ImageDecodeError, ImageSource, decode_image
+from wbc.inference.artifact import ModelLoadError, onnx_network, load_calibration, load_model, resolved_model
+from wbc.inference.calibration import Calibration, in_distribution_score
+from wbc.inference.onnx import INT8_FILE, ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, UnknownRuntime
+from wbc.models import Classifier
+
+
+@dataclass
+class Prediction:
+    name: str
+    probabilities: np.ndarray | None
+    error: str | None = None
+    in_distribution_score: float | None = None
+    in_distribution: bool | None = None
+    """False when the image looks unlike the training data (None: the model has no calibration)."""
+    review: bool | None = None
+    """True when the calibrated confidence is below the model's review threshold (None: no calibration)."""
+    pixels: torch.Tensor | None = field(default=None, repr=False)
+    """The decoded image (3, S, S) uint8, when asked for (``keep_pixels``)."""
+
+    @property
+    def label(self) -> str | None:
+        return None if self.probabilities is None else CLASS_NAMES[int(self.probabilities.argmax())]
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.probabilities is None else float(self.probabilities.max())
+
+
+def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips/rotations of a batch (N, C, H, W); a cell has no preferred orientation."""
+    rotations = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
+    return rotations + [torch.flip(view, dims=(-1,)) for view in rotations]
+
+
+@dataclass
+class Scores:
+    probabilities: np.ndarray
+    """(N, 8) class probabilities (temperature-scaled when the model is calibrated)."""
+    in_distribution_score: np.ndarray
+    """(N,) negative free energy of the logits (see :mod:`wbc.inference.calibration`)."""
+
+
+class Predictor:
+    """Scores images with a :class:`Classifier` at its image size, in batches, in inference mode.
+
+    ``network`` runs the model instead of PyTorch (an :class:`~wbc.inference.onnx.OnnxNetwork`; the PyTorch
+    ``model`` stays for Grad-CAM). ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations
+    of each image (8x the compute). With a :class:`Calibration` the probabilities are temperature-scaled
+    and each prediction carries the review and in-distribution flags (not with ``tta``: the thresholds
+    were fitted on single views).
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        image_size: int,
+        batch_size: int = 64,
+        tta: bool = False,
+        calibration: Calibration | None = None,
+        network: OnnxNetwork | None = None,
+    ) -> None:
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.network = network
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.tta = tta
+        self.calibration = calibration
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> "Predictor":
+        """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI.
+
+        ``runtime``: ``onnx`` runs the exported ``model.onnx`` with ONNX Runtime, ``onnx-int8`` its int8
+        quantization ``model.int8.onnx`` (faster, answers may differ; never chosen by ``auto``), ``torch`` runs
+        PyTorch, ``auto`` (default) takes ONNX when the model has it and onnxruntime is installed.
+        """
+        if runtime not in RUNTIMES:
+            raise UnknownRuntime(f"runtime={runtime!r} is invalid: choose one of {', '.join(RUNTIMES)}")
+        with resolved_model(str(path)) as resolved:
+            model, image_size = load_model(resolved)
+            network = None
+            if runtime != "torch":
+                try:
+                    network = onnx_network(resolved, int8=runtime == "onnx-int8")
+                except OnnxUnavailable as error:
+                    if runtime != "auto":
+                        raise ModelLoadError(f"{path}: {error}") from None
+                    if resolved.is_dir() and (resolved / ONNX_FILE).exists():
+                        warnings.warn(f"{error}; running the model in PyTorch instead", stacklevel=2)
+            calibration = load_calibration(resolved)
+        return cls(model, image_size, batch_size, tta, calibration=calibration, network=network)
+
+    @property
+    def runtime(self) -> str:
+        if self.network is None:
+            return "torch"
+        return "onnx-int8" if self.network.path.name == INT8_FILE else "onnx"
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.network is not None:
+            return self.network(batch)
+        return self.model(batch.contiguous(memory_format=torch.channels_last)).float()
+
+    def _score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        views = dihedral_views(batch) if self.tta else [batch]
+        probabilities, scores = 0, 0
+        for view in views:
+            logits = self._logits(view)
+            probabilities = probabilities + torch.softmax(logits / self.temperature, dim=1)
+            scores = scores + in_distribution_score(logits, self.temperature)
+        return probabilities / len(views), scores / len(views)
+
+    def _batches(self, images):
+        for start in range(0, len(images), self.batch_size):
+            yield torch.from_numpy(np.array(images[start : start + self.batch_size]))
+
+    @torch.inference_mode()
+    def score_pixels(self, images: torch.Tensor | np.ndarray) -> Scores:
+        """Probabilities and in-distribution scores for decoded uint8 images (N, 3, S, S)."""
+        results = [self._score(batch) for batch in self._batches(images)]
+        if not results:
+            return Scores(np.zeros((0, len(CLASS_NAMES)), dtype=np.float32), np.zeros(0, dtype=np.float32))
+        return Scores(torch.cat([p for p, _ in results]).numpy(), torch.cat([s for _, s in results]).numpy())
+
+    def predict_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 8) for decoded uint8 images (N, 3, S, S)."""
+        return self.score_pixels(images).probabilities
+
+    @torch.inference_mode()
+    def logits_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw logits (N, 8), one view per image: what calibration is fitted on."""
+        outputs = [self._logits(batch) for batch in self._batches(images)]
+        return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
+
+    def predict_sources(
+        self, sources: Sequence[ImageSource], names: Sequence[str] | None = None, keep_pixels: bool = False
+    ) -> list[Prediction]:
+        """Decode and score each source; unreadable ones come back with ``error`` set, the rest are scored."""
+        names = list(names) if names is not None else [str(s) if not isinstance(s, bytes) else f"#{i}" for i, s in enumerate(sources)]
+        decoded, predictions = [], []
+        for source, name in zip(sources, names):
+            try:
+                decoded.append(decode_image(source, self.image_size, name=name))
+                predictions.append(Prediction(name, None))
+            except ImageDecodeError as error:
+                predictions.append(Prediction(name, None, str(error)))
+        good = [p for p in predictions if p.error is None]
+        if good:
+            scores = self.score_pixels(np.stack(decoded))
+            for prediction, row, score, pixels in zip(good, scores.probabilities, scores.in_distribution_score, decoded):
+                prediction.probabilities = row
+                if keep_pixels:
+                    prediction.pixels = pixels
+                prediction.in_distribution_score = float(score)
+                if self.calibration is not None and not self.tta:  # thresholds were fitted on single views
+                    prediction.in_distribution = bool(self.calibration.in_distribution(score))
+                    prediction.review = bool(self.calibration.needs_review(row.max()))
+        return predictions
+
+    def predict_received(self, items: Sequence[tuple[str, bytes | str]], keep_pixels: bool = False) -> list[Prediction]:
+        """For uploads already read: ``(name, file bytes)`` are decoded and scored, ``(name, message)`` come
+        back as errors with that message; the order is kept."""
+        received = [(name, item) for name, item in items if isinstance(item, bytes)]
+        scored = iter(self.predict_sources([item for _, item in received], [name for name, _ in received], keep_pixels))
+        return [next(scored) if isinstance(item, bytes) else Prediction(name, None, item) for name, item in items]
+
+

@@ -1,0 +1,46 @@
+"""``wbc predict``: classify image files and count cells per class (the differential count)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from wbc.errors import WBCError
+from wbc.inference import Predictor
+from wbc.serving.tables import display_path, predictions_frame
+
+
+class InputNotFound(WBCError, FileNotFoundError):
+    """A file or folder given to score does not exist."""
+
+
+def predict_files(paths, model: str, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> pd.DataFrame:
+    """One row per file: ``file`` and :data:`wbc.serving.tables.OUTPUT_COLUMNS`."""
+    predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
+    files = iter_image_files(paths)
+    frames = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        names = [display_path(path) for path in chunk]
+        predictions = predictor.predict_sources(chunk, names)
+        frames.append(predictions_frame(predictions).assign(file=names))
+    table = pd.concat(frames, ignore_index=True) if frames else predictions_frame([])
+    if "file" not in table:
+        table["file"] = []
+    return table[["file", *[c for c in table.columns if c != "file"]]]
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named directly, plus every file under named folders (sorted); missing paths raise."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InputNotFound(f"{path}: no such file or folder")
+    return files

@@ -1,0 +1,112 @@
+"""The servable model: an MLflow pyfunc that takes base64-encoded image files and returns class scores.
+
+Input: a DataFrame with a string column ``image``, each cell the base64 encoding of a JPEG or
+PNG file (any size). Output, one row per input row (same index): ``label`` (class name),
+``confidence`` (its probability), ``prob_<class>`` for each of the eight classes,
+``in_distribution_score`` and ``in_distribution`` (false: the image looks unlike the training data),
+``review`` (true: confidence below the model's review threshold) and ``error`` (empty, or why that
+row could not be scored; its label is then empty). Probabilities are temperature-calibrated and the
+two flags set when the model carries a calibration (:mod:`wbc.inference.calibration`); otherwise the flags are null. A request in which no
+row can be scored is refused with HTTP 400 and the reason.
+
+Preprocessing is :class:`wbc.inference.Predictor`'s, the same as ``wbc evaluate`` and ``wbc predict``.
+The network runs in ONNX Runtime when the model carries ``model.onnx`` (about twice as fast in the
+server), else in PyTorch; ``WBC_RUNTIME=torch`` (or ``onnx``, or ``onnx-int8`` for the int8 quantization
+a model exported with ``--int8`` carries) in the server's environment chooses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.metadata
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+
+from wbc._process import tune_malloc_in_process
+from wbc.data.images import MAX_IMAGE_BYTES
+from wbc.inference import Predictor
+from wbc.inference.onnx import runtime_from_environment
+from wbc.serving.tables import PROBABILITY_COLUMNS, predictions_frame
+
+IMAGE_COLUMN = "image"
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+    outputs=Schema(
+        [ColSpec("string", "label"), ColSpec("double", "confidence")]
+        + [ColSpec("double", column) for column in PROBABILITY_COLUMNS]
+        + [
+            ColSpec("double", "in_distribution_score"),
+            ColSpec("boolean", "in_distribution", required=False),
+            ColSpec("boolean", "review", required=False),
+            ColSpec("string", "error", required=False),
+        ]
+    ),
+)
+_RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "pillow", "numpy", "pandas", "mlflow", "onnxruntime")
+
+
+def _decode_base64(value, row: str) -> bytes | str:
+    """The file bytes, or an error message."""
+    if not isinstance(value, str) or not value:
+        return f"{row}: 'image' must be a non-empty base64 string"
+    if len(value) > (MAX_IMAGE_BYTES * 4) // 3 + 4:
+        return f"{row}: image is larger than the {MAX_IMAGE_BYTES}-byte limit"
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return f"{row}: 'image' is not valid base64"
+
+
+class WBCImageClassifier(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper around :class:`Predictor`; the weights come from the ``model`` artifact folder."""
+
+    def load_context(self, context) -> None:
+        tune_malloc_in_process()
+        self.predictor = Predictor.load(context.artifacts["model"], runtime=runtime_from_environment())
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
+            raise MlflowException(
+                f"input must be a table with a string column '{IMAGE_COLUMN}' of base64-encoded image files",
+                INVALID_PARAMETER_VALUE,
+            )
+        names = [f"row {position}" for position in range(len(model_input))]
+        predictions = self.predictor.predict_received(
+            [(name, _decode_base64(value, name)) for value, name in zip(model_input[IMAGE_COLUMN], names)]
+        )
+        if predictions and all(p.error for p in predictions):
+            raise MlflowException("; ".join(p.error for p in predictions[:5]), INVALID_PARAMETER_VALUE)
+        return predictions_frame(predictions, index=model_input.index)
+
+
+def encode_image_file(path: str | Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def pip_requirements() -> list[str]:
+    requirements = []
+    for package in _RUNTIME_PACKAGES:
+        try:
+            requirements.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            requirements.append(package)
+    return requirements
+
+
+def log_pyfunc_model(export_dir: str | Path, example_image: str | Path, name: str = "model"):
+    """Log the exported model folder as a pyfunc model in the active run; return its ModelInfo."""
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        artifacts={"model": str(export_dir)},
+        signature=SIGNATURE,
+        input_example=pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]}),
+        pip_requirements=pip_requirements(),
+    )
