@@ -240,3 +240,54 @@ def test_stage_2_gets_the_budget_left_after_the_evaluations_to_come(budget, elap
     from wbc.training.recipes import stage2_minutes
 
     assert stage2_minutes(budget, elapsed, after_training) == (None if expected is None else pytest.approx(expected))
+
+
+def _train_runs() -> list:
+    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.`wbc.kind` = 'train'",
+                              order_by=["attributes.start_time ASC"], output_format="list")
+
+
+def test_main_refuses_no_shiftbench_up_front(synthetic_data):
+    result = invoke("main", "--data-dir", synthetic_data, "--no-shiftbench")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: shiftbench=False: wbc main ranks its stages on val_robust_acc")
+    assert "time budget" not in result.output and _train_runs() == []
+
+
+def test_main_resumes_stage_1_only_and_stage_2_continues_what_stage_1_was(synthetic_data):
+    stopped = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16,
+                                image_size=32, progress=False, onnx=False))
+    mlflow.MlflowClient().set_terminated(stopped.run_id, "FAILED")  # as a run killed after its last checkpoint
+    result = invoke("main", "--resume", stopped.run_id, "--robust-epochs", 1, "--time-budget", 0, "--no-onnx",
+                    "--data-dir", synthetic_data)
+    assert result.exit_code == 0, result.output
+    first, second, averaged = _train_runs()
+    assert first.info.run_id == stopped.run_id and first.info.status == "FINISHED"
+    assert second.data.params["init_from"] == f"runs:/{stopped.run_id}/model" and second.info.status == "FINISHED"
+    assert second.data.params["image_size"] == "32" and second.data.params["arch"] == "scratch", "stage 1's settings"
+    assert second.info.run_name == "main stage 2: scratch scratch 32px robust"
+    assert averaged.data.params["average_of"].startswith(f"runs:/{stopped.run_id}/model ")
+
+
+def test_evaluate_into_the_working_folder_logs_only_the_reports_it_wrote(model_run, synthetic_data, tmp_path):
+    from wbc.evaluation.reports import REPORT_FILES
+
+    (tmp_path / "notes.txt").write_text("a lab's own file beside the reports")
+    result = invoke("evaluate", model_run.best_checkpoint, "--data-dir", synthetic_data, "--output-dir", ".")
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.kind` = 'evaluate'", output_format="list")
+    assert sorted(a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)) == sorted(REPORT_FILES)
+    assert run.info.run_name == f"evaluate {model_run.best_checkpoint} on valid"
+
+
+def test_every_step_after_training_decodes_through_the_cache_dir_given(synthetic_data, tmp_path, monkeypatch):
+    default_cache, mine = tmp_path / "default-cache", tmp_path / "mine"
+    monkeypatch.setenv("WBC_CACHE_DIR", str(default_cache))
+    trained = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=1, batch_size=16,
+                                image_size=32, progress=False, onnx=False, cache_dir=str(mine)))
+    model = f"runs:/{trained.run_id}/model"
+    for args in (["calibrate", trained.run_id], ["evaluate", model, "--no-track"], ["shiftbench", model],
+                 ["average", model, model]):
+        result = invoke(*args, "--data-dir", synthetic_data, "--cache-dir", mine)
+        assert result.exit_code == 0, result.output
+    assert any(mine.iterdir()) and not default_cache.exists()

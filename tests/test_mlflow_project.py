@@ -41,8 +41,9 @@ def _environment(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _mlflow_run(workdir: Path, entry_point: str, *params: str, check: bool = True) -> subprocess.CompletedProcess:
+def _mlflow_run(workdir: Path, entry_point: str, *params: str, check: bool = True, experiment: str | None = None) -> subprocess.CompletedProcess:
     command = [MLFLOW, "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
+    command += ["--experiment-name", experiment] if experiment else []
     for param in params:
         command += ["-P", param]
     result = subprocess.run(command, cwd=workdir, env=_environment(workdir), capture_output=True, text=True, timeout=600)
@@ -219,38 +220,34 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     assert pd.isna(rows[1]["label"]) and pd.isna(rows[1]["confidence"]) and "not an image" in rows[1]["error"]
 
 
-def test_main_entry_point_defaults_are_wbc_mains():
-    from wbc.cli import main_job
-    from wbc.training.recipes import MAIN_RECIPE
-
-    parameters = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]["parameters"]
-    for name in ("epochs", "image_size"):
-        assert parameters[name]["default"] == MAIN_RECIPE[name], name
-    options = {option.name: option.default for option in main_job.params}
-    for name, declared in parameters.items():
-        assert declared["default"] == options[name], name
-
-
 def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_path):
-    result = _mlflow_run(tmp_path, "main", f"data_dir={synthetic_data}", "epochs=2", "robust_epochs=1", "limit_per_class=2",
-                         "image_size=64", f"output_dir={tmp_path / 'outputs'}")
-    assert "is now @champion" in result.stdout
+    # an earlier run in the default experiment, better on every metric, is not the job's concern
     client = _client(tmp_path)
+    elsewhere = client.create_run(client.get_experiment_by_name("Default").experiment_id if client.get_experiment_by_name("Default")
+                                  else client.create_experiment("wbc"), tags={"wbc.kind": "train"})
+    result = _mlflow_run(tmp_path, "main", f"data_dir={synthetic_data}", "epochs=2", "robust_epochs=1", "limit_per_class=2",
+                         "image_size=64", f"output_dir={tmp_path / 'outputs'}", experiment="lab-x")
+    assert "is now @champion" in result.stdout
+    lab = client.get_experiment_by_name("lab-x")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`wbc.kind` = 'train'",
                               order_by=["attributes.start_time ASC"])
+    runs = [run for run in runs if run.info.run_id != elsewhere.info.run_id]
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {run.info.experiment_id for run in runs} == {lab.experiment_id}, "every stage in the experiment asked for"
     first, second, averaged = runs
+    assert [run.info.run_name for run in runs] == [
+        "main stage 1: finetune efficientnet_lite0 64px", "main stage 2: finetune efficientnet_lite0 64px robust",
+        "main stage 3: average of stages 1 and 2 (finetune efficientnet_lite0 64px)"]
     assert first.data.tags["mlflow.project.entryPoint"] == "main"
     assert first.data.params["arch"] == "efficientnet_lite0" and first.data.params["mode"] == "finetune"
-    assert first.data.params["augment"] == "standard"
+    assert first.data.params["augment"] == "standard" and first.data.params["head_epochs"] == "1"
     assert [run.data.params["image_size"] for run in runs] == ["64"] * 3, "every stage at the size asked for"
     # stage 2 continues stage 1's model with the shift augmentation, in a run of its own
     assert second.data.params["init_from"] == f"runs:/{first.info.run_id}/model"
     assert second.data.params["augment"] == "robust" and second.data.params["epochs"] == "1"
     assert float(second.data.params["lr"]) == pytest.approx(3e-4)
-    # the default 90-minute budget caps stage 1 at 47 % of it (the project's run holds max_time=0 as given) and
-    # stage 2 at what stage 1 left
-    assert float(first.data.params["resolved_max_time"]) == pytest.approx(TIME_BUDGET_MINUTES * STAGE1_TIME_SHARE)
+    # the default 90-minute budget caps stage 1 at 47 % of it and stage 2 at what stage 1 left
+    assert float(first.data.params["max_time"]) == pytest.approx(TIME_BUDGET_MINUTES * STAGE1_TIME_SHARE)
     until_stage2 = (second.info.start_time - first.info.start_time) / 60000
     assert 0 < float(second.data.params["max_time"]) < TIME_BUDGET_MINUTES - until_stage2
     # stage 3 averages their weights
@@ -270,7 +267,7 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
         assert metrics["val_robust_acc"] == pytest.approx((metrics["val_clean_acc"] + metrics["val_shift_acc"]) / 2)
         assert {"shiftbench.csv", "shiftbench.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     champion = client.get_model_version_by_alias("wbc-classifier", "champion")
-    assert champion.tags["metric"] == "val_robust_acc"
+    assert champion.tags["metric"] == "val_robust_acc" and champion.run_id in {run.info.run_id for run in runs}
     floor = max(r.data.metrics["val_clean_acc"] for r in runs) - 0.003
     eligible = [r for r in runs if r.data.metrics["val_clean_acc"] >= floor - 1e-9]
     assert champion.run_id == max(eligible, key=lambda r: (r.data.metrics["val_robust_acc"], r.info.start_time)).info.run_id

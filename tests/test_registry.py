@@ -157,3 +157,20 @@ def test_a_recalibrated_model_takes_over_its_versions_aliases_even_against_a_tie
     assert reconcile_alias(client, "wbc-classifier", "champion", "best_val_f1") == replaced
     assert replace_run_versions(first.run_id) is None, "nothing newer to register"
     assert replace_run_versions(twin.run_id) is None
+
+
+def test_the_robust_metric_ranks_only_runs_scored_on_the_standard_benchmark(synthetic_data):
+    """Whatever the training seed or limit, the benchmark a run logs is seed 0 over the whole validation split; a run
+    whose metric came from another benchmark is left out of the ranking, however high it is."""
+    from wbc.evaluation.shiftbench import SELECTION_METRIC
+
+    client = mlflow.MlflowClient()
+    limited = _train(synthetic_data, seed=1, limit_per_class=2)
+    assert limited.shiftbench.images == 32 and limited.shiftbench.seed == 0, "the whole validation split, seed 0"
+    assert client.get_run(limited.run_id).data.tags["wbc.shiftbench"] == "standard"
+    other = _train(synthetic_data)
+    client.log_metric(other.run_id, SELECTION_METRIC, 2.0)
+    client.set_tag(other.run_id, "wbc.shiftbench", "not comparable: seed 3, 16 images")
+    registration = register_by_metric(metric=SELECTION_METRIC)
+    assert registration.run_id == limited.run_id
+

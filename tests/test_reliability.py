@@ -62,8 +62,17 @@ def test_sigkilled_training_resumes_into_the_same_run(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline = time.monotonic() + 240
     killed_after, seen = None, {}  # epoch -> when its last.ckpt was first seen
+    refused = []
     while time.monotonic() < deadline and process.poll() is None:
         lasts = list((tmp_path / "outputs").glob("*/checkpoints/last.ckpt"))
+        if lasts and not refused:
+            # while it trains, no other process may resume it: neither as `last` nor by its id
+            mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+            (live,) = client.search_runs([client.get_experiment_by_name("wbc").experiment_id])
+            for resume, message in (("last", "still training in other processes"), (live.info.run_id, "is still training this run")):
+                with pytest.raises(ConfigError, match=message):
+                    find_resumable_run(resume, "wbc")
+            refused.append(live.info.run_id)
         if lasts:
             epoch = torch.load(lasts[0], weights_only=True)["epoch"]
             seen.setdefault(epoch, time.monotonic())

@@ -80,7 +80,8 @@ def _click_option(item, default):
     meta = item.metadata
     flag = meta["flag"] or "--" + item.name.replace("_", "-")
     settings = dict(help=meta["help"], metavar=meta["metavar"])
-    if meta["default_text"]:
+    own_default = item.default_factory() if item.default is MISSING else item.default
+    if meta["default_text"] and default == own_default:
         settings["show_default"] = meta["default_text"]
     else:
         settings["show_default"] = default not in (None, (), "")
@@ -95,7 +96,7 @@ def _click_option(item, default):
         from wbc.models import list_models
 
         settings["type"] = click.Choice(list_models())
-    elif kind in ("int", "float"):
+    elif kind in ("int", "float") and (meta["low"] is not None or meta["high"] is not None):
         bounds = dict(min=meta["low"], max=meta["high"], min_open=meta["low_open"], max_open=meta["high_open"])
         settings["type"] = click.IntRange(**bounds) if kind == "int" else click.FloatRange(**bounds)
     return click.option(*_option_names(flag), item.name, default=default, **settings)

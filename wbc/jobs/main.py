@@ -16,6 +16,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 
+import mlflow
+
 from wbc.jobs.average import AveragedRun, average_run
 from wbc.jobs.train import TrainResult, run_name, train
 from wbc.tracking.registry import DEFAULT_METRIC, Registration, clean_accuracy_floor, register_best
@@ -78,8 +80,10 @@ def run_main(config: TrainConfig, settings: MainSettings | None = None, *,
     if robust_epochs:
         echo(f"stage 2: {robust_epochs} epochs from run {first.run_id} with --augment robust"
              + (f", training for at most {stage2_cap:.1f} min" if stage2_cap else ""))
-        stage2_config = replace(config, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model",
-                                teachers=(), resume=None, max_time=stage2_cap or config.max_time)
+        # stage 2 continues what stage 1 really was (a resumed stage 1 ran with the settings its run logged)
+        stage1 = config.from_logged_params(mlflow.MlflowClient().get_run(first.run_id).data.params)
+        stage2_config = replace(stage1, **ROBUST_STAGE, epochs=robust_epochs, init_from=f"runs:/{first.run_id}/model",
+                                teachers=(), resume=None, run_name=None, max_time=stage2_cap or config.max_time)
         with _outside_project_run():  # under `mlflow run`, stage 1 was the project's run; stage 2 gets its own
             second = train(replace(stage2_config, run_name=f"main stage 2: {run_name(stage2_config)}"))
         if second is None:

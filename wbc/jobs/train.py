@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR_TAG = "wbc.checkpoint_dir"
 TRAINING_LOCK = "training.lock"
-"""In the checkpoint folder: held by the process that trains the run (``--resume`` leaves such a run alone)."""
+"""Beside the checkpoint folder: held by the process that trains the run (``--resume`` leaves such a run alone)."""
 
 
 @dataclass
@@ -127,7 +127,7 @@ def train(config: TrainConfig) -> TrainResult | None:
             _attach_teacher_probabilities(datamodule.datasets["train"], teachers, config, progress=config.progress and tracking)
             teachers = None  # their networks are not needed again
         trainer, checkpoint = make_trainer(config, checkpoint_dir, run.info.run_id if run else None)
-        with held_lock(checkpoint_dir / TRAINING_LOCK) if run is not None else nullcontext():
+        with held_lock(checkpoint_dir.parent / TRAINING_LOCK) if run is not None else nullcontext():
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint_dir / "last.ckpt") if resumed else None)
             except SIGTERMException:
@@ -198,7 +198,7 @@ def _trained_elsewhere(run) -> int | None:
     """The id of a live process that is training ``run`` now (0 when unknown), else None."""
     if CHECKPOINT_DIR_TAG not in run.data.tags:
         return None
-    return lock_holder(_checkpoint_dir(run) / TRAINING_LOCK)
+    return lock_holder(_checkpoint_dir(run).parent / TRAINING_LOCK)
 
 
 def find_resumable_run(resume: str, experiment: str):
