@@ -220,12 +220,21 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     assert pd.isna(rows[1]["label"]) and pd.isna(rows[1]["confidence"]) and "not an image" in rows[1]["error"]
 
 
+def test_an_entry_point_passes_on_parameters_it_does_not_declare(synthetic_data, tmp_path):
+    result = _mlflow_run(tmp_path, "finetune", "arch=efficientnet_lite0", f"data_dir={synthetic_data}", "epochs=1", "weights=none",
+                         "image_size=32", "batch_size=16", "limit_per_class=2", f"output_dir={tmp_path / 'outputs'}")
+    (run,) = _client(tmp_path).search_runs([e.experiment_id for e in _client(tmp_path).search_experiments()])
+    assert run.info.status == "FINISHED", result.stdout[-2000:]
+    params = run.data.params
+    assert (params["epochs"], params["head_epochs"], params["pretrained"], params["image_size"]) == ("1", "0", "False", "32")
+
+
 def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_path):
     # an earlier run in the default experiment, better on every metric, is not the job's concern
     client = _client(tmp_path)
     elsewhere = client.create_run(client.get_experiment_by_name("Default").experiment_id if client.get_experiment_by_name("Default")
                                   else client.create_experiment("wbc"), tags={"wbc.kind": "train"})
-    result = _mlflow_run(tmp_path, "main", f"data_dir={synthetic_data}", "epochs=2", "robust_epochs=1", "limit_per_class=2",
+    result = _mlflow_run(tmp_path, "main", f"data_dir={synthetic_data}", "epochs=1", "robust_epochs=1", "limit_per_class=2",
                          "image_size=64", f"output_dir={tmp_path / 'outputs'}", experiment="lab-x")
     assert "is now @champion" in result.stdout
     lab = client.get_experiment_by_name("lab-x")
@@ -240,7 +249,7 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
         "main stage 3: average of stages 1 and 2 (finetune efficientnet_lite0 64px)"]
     assert first.data.tags["mlflow.project.entryPoint"] == "main"
     assert first.data.params["arch"] == "efficientnet_lite0" and first.data.params["mode"] == "finetune"
-    assert first.data.params["augment"] == "standard" and first.data.params["head_epochs"] == "1"
+    assert first.data.params["augment"] == "standard" and first.data.params["head_epochs"] == "0", "one epoch: no head-only one"
     assert [run.data.params["image_size"] for run in runs] == ["64"] * 3, "every stage at the size asked for"
     # stage 2 continues stage 1's model with the shift augmentation, in a run of its own
     assert second.data.params["init_from"] == f"runs:/{first.info.run_id}/model"

@@ -143,6 +143,14 @@ def _registry_options(function):
     return function
 
 
+def _model_line(model: str) -> str:
+    """``model``, and for a registered name or alias the version (and run) it means now."""
+    from wbc.tracking.registry import registered_version
+
+    version = registered_version(model)
+    return model if version is None else f"{model} = {version.name} version {version.version} (run {version.run_id})"
+
+
 def _registration_lines(registration) -> str:
     return (
         f"{registration.model_name} version {registration.version} (run {registration.run_id}, "
@@ -160,7 +168,7 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
     from wbc.tracking.registry import register_best
     from wbc.tracking.runs import configure_tracking
 
-    configure_tracking()
+    configure_tracking(experiment=None)
     click.echo(_registration_lines(register_best(experiment=experiment, metric=metric, model_name=model_name, alias=alias)))
 
 
@@ -247,7 +255,7 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
     from wbc.tracking.registry import DEFAULT_MODEL_NAME, replace_run_versions
     from wbc.tracking.runs import configure_tracking
 
-    configure_tracking()
+    configure_tracking(experiment=None)
     calibration = calibrate_run(run_id, data_dir, target_error, flag_rate, int8=int8, cache_dir=cache_dir)
     click.echo(
         f"temperature {calibration.temperature:.3f}; ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}; "
@@ -287,6 +295,7 @@ def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size:
         model, data_dir, split, output_dir=output_dir, batch_size=batch_size, track=track, experiment=experiment, tta=tta,
         runtime=runtime, cache_dir=cache_dir,
     )
+    click.echo(f"model: {_model_line(model)}")
     click.echo(evaluation.summary())
     click.echo("wrote " + ", ".join(str(path) for path in files))
 
@@ -303,8 +312,11 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
     """Classify image files (or every file in folders); write a CSV and print the differential count."""
     from wbc.serving.predict import predict_files
     from wbc.serving.tables import differential_count, out_of_distribution
+    from wbc.tracking.runs import configure_tracking
 
+    configure_tracking(experiment=None)
     table = predict_files(paths, model, batch_size=batch_size, tta=tta, runtime=runtime)
+    click.echo(f"model: {_model_line(model)}")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
     errors = table[table["error"] != ""]
@@ -365,10 +377,23 @@ def app(model: str, host: str, port: int) -> None:
     from wbc.app.server import create_app
     from wbc.tracking.runs import configure_tracking
 
-    configure_tracking()
+    configure_tracking(experiment=None)
     web_app = create_app(model)
+    click.echo(f"model: {_model_line(model)}")
     click.echo(f"wbc app: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl+C stops it)")
     uvicorn.run(web_app, host=host, port=port, log_level="warning")
+
+
+@cli.command()
+@_data_dir_option
+@_user_errors
+def download(data_dir: str) -> None:
+    """Download the public PBC archive into DATA_DIR/barcelona/ (md5-checked; nothing happens when it is there)."""
+    from wbc.data import BarcelonaDataset
+
+    for split in ("train", "valid"):
+        dataset = BarcelonaDataset(data_dir, split, download=True)
+        click.echo(f"{dataset.split_dir}: {len(dataset)} images")
 
 
 @cli.command("models")

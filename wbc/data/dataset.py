@@ -19,6 +19,11 @@ ARCHIVE_MD5 = "aad6827e0000988c5e3d72ace95da661"
 SPLITS = ("train", "valid", "test")
 
 
+def how_to_get(root) -> str:
+    """The end of a missing-data message: how to put the PBC dataset under ``root``."""
+    return f"or get the PBC dataset there with: wbc download --data-dir {root}"
+
+
 class DatasetError(WBCError, ValueError):
     """The data on disk is not what the dataset expects; the message names the path."""
 
@@ -58,13 +63,12 @@ class BarcelonaDataset(ImageFolder):
         split_dir = self.split_dir
         if not self.data_root.is_dir():
             raise DatasetError(
-                f"data root {self.data_root} does not exist: point data_dir at the folder that holds "
-                "barcelona/, or pass download=True"
+                f"data root {self.data_root} does not exist: point data_dir at the folder that holds barcelona/, "
+                + how_to_get(self.data_root)
             )
         if not split_dir.is_dir():
             raise DatasetError(
-                f"split folder {split_dir} does not exist: expected <data_dir>/barcelona/{split}/<class>/*.jpg "
-                "(or pass download=True)"
+                f"split folder {split_dir} does not exist: expected <data_dir>/barcelona/{split}/<class>/*.jpg, " + how_to_get(self.data_root)
             )
         super().__init__(str(split_dir), transform=transform, loader=load_pil_rgb, allow_empty=True)
         if not self.samples:

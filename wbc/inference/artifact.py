@@ -170,6 +170,11 @@ def resolved_model(model: str) -> Iterator[Path]:
         return
     import mlflow
 
+    store = mlflow.get_tracking_uri()
+    # reading never creates a store: MLflow would make an empty database (and an experiment) on first contact
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists():
+        raise ModelLoadError(f"{model}: there is no MLflow store at {store} yet: train and register a model first "
+                             "(wbc main), or point MLFLOW_TRACKING_URI at the store that holds it")
     with tempfile.TemporaryDirectory(prefix="wbc-model-") as scratch:
         try:
             downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=scratch))

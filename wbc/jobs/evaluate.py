@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 
 from wbc import defaults
-from wbc.data import load_split
+from wbc.data import BarcelonaDataset, load_split
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
@@ -29,6 +29,7 @@ def evaluate_model(
     """Score ``model`` on ``split``; write the reports (:data:`~wbc.evaluation.reports.REPORT_FILES`) into
     ``output_dir``; with ``track``, log them and the scores as a run of kind ``evaluate``. Returns the scores and
     the files written."""
+    BarcelonaDataset(data_dir, split)  # missing data fails before the model loads
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
     dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir)
     probabilities = predictor.predict_pixels(dataset.pixels)

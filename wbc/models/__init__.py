@@ -1,9 +1,9 @@
 """Model registry and builders: ``build_model(arch, num_classes=8, pretrained=...)``."""
 
 from wbc.models import efficientnet_lite, scratch, torchvision_nets  # noqa: F401  (registers the builders)
+from wbc.models.spec import ModelSpec
 from wbc.models.classifier import MODES, UNFREEZE_CHOICES, Classifier, check_freeze_stages, count_parameters
 from wbc.models._registry import (
-    ModelSpec,
     PretrainedWeightsUnavailable,
     UnknownModelError,
     build_model,

@@ -1,22 +1,12 @@
-"""The model registry: one record per architecture, and ``build_model`` to make one.
-
-Each record carries what must travel with the weights (input normalisation, default input
-size) and the names of the parts the training modes freeze and unfreeze, so no other module
-hard-codes them.
-"""
+"""The architecture registry (as timm's ``register_model`` / ``create_model``): ``register_model`` records a
+builder with its :class:`~wbc.models.spec.ModelSpec`, ``build_model`` makes one, ``list_models`` lists them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-from torch import nn
-
 from wbc.classes import NUM_CLASSES
 from wbc.errors import WBCError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from wbc.models.classifier import Classifier
+from wbc.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 
 class UnknownModelError(WBCError, ValueError):
@@ -25,28 +15,6 @@ class UnknownModelError(WBCError, ValueError):
 
 class PretrainedWeightsUnavailable(WBCError, RuntimeError):
     """Pretrained weights were asked for but cannot be had (offline, or none exist)."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    builder: Callable[..., nn.Module]
-    """``builder(num_classes=..., pretrained=...)`` returns the bare network (normalisation not included)."""
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: int
-    """Default training and inference size in pixels (square)."""
-    head: tuple[str, ...]
-    """Module names (in the bare network) of the new classifier head."""
-    last_block: tuple[str, ...]
-    """Module names unfrozen, beside the head, in phase 2 of ``finetune`` with ``unfreeze=last``."""
-    has_pretrained: bool
-    description: str
-    cam_layer: str = ""
-    """Module name whose activations Grad-CAM explains (the last convolutional feature map)."""
-    stages: tuple[tuple[str, ...], ...] = ()
-    """The backbone's stages from the input on (the stem first), as module names: ``freeze_stages=N``
-    keeps the first N frozen in every phase of ``finetune``."""
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -110,8 +78,6 @@ def build_model(arch: str, num_classes: int = NUM_CLASSES, pretrained: bool = Fa
     ``pretrained=True`` loads ImageNet weights into the backbone (see each builder for where
     they come from) and raises :class:`PretrainedWeightsUnavailable` when they cannot be had.
     """
-    from wbc.models.classifier import Classifier
-
     spec = get_spec(arch)
     if pretrained and not spec.has_pretrained:
         raise PretrainedWeightsUnavailable(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wbc.models._registry import ModelSpec
+from wbc.models.spec import ModelSpec
 
 MODES = ("scratch", "transfer", "finetune")
 UNFREEZE_CHOICES = ("last", "all")

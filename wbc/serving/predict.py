@@ -19,8 +19,8 @@ class InputNotFound(WBCError, FileNotFoundError):
 
 def predict_files(paths, model: str, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> pd.DataFrame:
     """One row per file: ``file`` and :data:`wbc.serving.tables.OUTPUT_COLUMNS`."""
+    files = iter_image_files(paths)  # a missing path fails before the model loads
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
-    files = iter_image_files(paths)
     frames = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]

@@ -285,3 +285,21 @@ def source_run_id(model: str) -> str | None:
         return client.get_model_version_by_alias(name, alias).run_id
     name, _, version = reference.rpartition("/")
     return client.get_model_version(name, version).run_id
+
+
+def registered_version(model: str):
+    """The registered model version a ``models:/name@alias`` or ``models:/name/N`` URI means now (None for other
+    references, or when there is none)."""
+    if not model.startswith("models:/") or model[len("models:/"):].startswith("m-"):
+        return None
+    reference = model[len("models:/"):].strip("/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in reference:
+            name, _, alias = reference.partition("@")
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = reference.rpartition("/")
+        return client.get_model_version(name, version)
+    except MlflowException:
+        return None
+

@@ -40,15 +40,16 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
-def configure_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """Point MLflow at ``$MLFLOW_TRACKING_URI`` or the local SQLite default, and select ``experiment``.
+def configure_tracking(experiment: str | None = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at ``$MLFLOW_TRACKING_URI`` or the local SQLite default, and select ``experiment`` (created if
+    missing; ``None``: only the store, for commands that read and write nothing there).
 
     Under ``mlflow run`` the run (and its experiment) already exist, so the experiment is
     only chosen when no run was handed to us.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if not os.environ.get("MLFLOW_RUN_ID"):
+    if experiment is not None and not os.environ.get("MLFLOW_RUN_ID"):
         found = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
         # When another process creates the experiment at the same moment, MLflow 3.17's
         # set_experiment returns it without making it active; activating it by id is race-free.

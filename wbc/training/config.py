@@ -10,12 +10,14 @@ derives flags from signatures).
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from wbc import defaults
+from wbc.data.dataset import BarcelonaDataset, how_to_get
 from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
 from wbc.errors import WBCError
 from wbc.models import MODES, UNFREEZE_CHOICES, check_freeze_stages, get_spec
@@ -218,8 +220,17 @@ class TrainConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if not Path(self.data_dir).is_dir():
-            raise ConfigError(f"data_dir={self.data_dir!r} is not a folder: point it at the folder that holds barcelona/ "
-                              "(the PBC dataset: see the README's Data section)")
+            raise ConfigError(f"data_dir={self.data_dir!r} is not a folder: point it at the folder that holds barcelona/, "
+                              + how_to_get(self.data_dir))
+        for split in ("train", "valid"):
+            BarcelonaDataset(self.data_dir, split)  # the splits and their class folders, before any work starts
+        output = Path(self.output_dir)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"output_dir={self.output_dir!r}: cannot create it ({error.strerror or error})") from None
+        if not os.access(output, os.W_OK):
+            raise ConfigError(f"output_dir={self.output_dir!r} is not writable: choose another --output-dir")
         with teacher_errors():
             return replace(self, teachers=canonical_teachers(self.teachers))
 
