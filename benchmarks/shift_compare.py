@@ -22,7 +22,7 @@ def load(run_id: str, folder: str) -> pd.DataFrame:
 
 
 def main(arguments: list[str]) -> None:
-    configure_tracking()
+    configure_tracking(experiment=None)
     pairs = [argument.split("=", 1) for argument in arguments]
     with tempfile.TemporaryDirectory() as folder:
         tables = {label: load(run_id, f"{folder}/{index}") for index, (label, run_id) in enumerate(pairs)}

@@ -98,12 +98,12 @@ def test_evaluate_writes_reports_and_logs_an_evaluate_run(model_run, synthetic_d
         (["train", "--data-dir", "/nonexistent/data"], "data_dir='/nonexistent/data' is not a folder"),
         (["train", "--devices", "-2"], "devices='-2' is invalid"),
         (["predict", "/nonexistent/cell.jpg", "--model", "x"], "no such"),
-        (["evaluate", "/nonexistent/model.ckpt"], "no such checkpoint"),
+        (["evaluate", "/nonexistent/model.ckpt", "--data-dir", "{data}"], "no such checkpoint"),
         (["register"], "train a model first"),
     ],
 )
-def test_bad_arguments_give_one_line_errors(args, message):
-    result = CliRunner().invoke(cli, args)
+def test_bad_arguments_give_one_line_errors(args, message, synthetic_data):
+    result = CliRunner().invoke(cli, [arg.replace("{data}", str(synthetic_data)) for arg in args])
     assert result.exit_code in (1, 2), result.output
     assert message in result.output
     assert "Traceback" not in result.output

@@ -316,7 +316,6 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
 
     configure_tracking(experiment=None)
     table = predict_files(paths, model, batch_size=batch_size, tta=tta, runtime=runtime)
-    click.echo(f"model: {_model_line(model)}")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
     errors = table[table["error"] != ""]
@@ -330,6 +329,7 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
     click.echo(
         f"wrote {len(table)} rows ({len(errors)} unreadable, {len(unlike)} out of distribution, {review} to review) to {output}"
     )
+    click.echo(f"model: {_model_line(model)}")
 
 
 def _parse_study(text: str) -> list[tuple[str, str]]:
