@@ -187,4 +187,4 @@ def test_balanced_sampling_draws_each_class_about_equally_often(tmp_path):
     assert shuffled[neutrophil] > 0.3 and shuffled[basophil] < 0.05
     assert np.all(np.abs(balanced - 1 / 8) < 0.04), balanced
     with pytest.raises(ValueError, match="unknown sampling 'weighted'"):
-        BarcelonaDataModule(root, sampling="weighted")
+        BarcelonaDataModule(root, image_size=16, batch_size=8, sampling="weighted")

@@ -195,7 +195,7 @@ def main_job(robust_epochs: int, time_budget: float, **options) -> None:
 @click.option("--weight", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Weight of SECOND (0 = FIRST, 1 = SECOND).")
 @_data_dir_option
 @_experiment_option
-@_option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False))
+@_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @_cache_dir_option
 @_int8_option
 @_user_errors
@@ -215,7 +215,7 @@ def average(first: str, second: str, weight: float, data_dir: str, experiment: s
 @_data_dir_option
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the shifts; the standard benchmark is seed 0.")
 @_option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0), help="Use at most N validation images per class (0 = all).")
-@_option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @_experiment_option
 @_cache_dir_option
 @_tta_option
@@ -278,8 +278,8 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @click.argument("model", default=defaults.CHAMPION_URI)
 @_data_dir_option
 @click.option("--split", default="valid", show_default=True, type=click.Choice(["train", "valid", "test"]))
-@_option("--output-dir", default="evaluation", show_default=True, type=click.Path(file_okay=False))
-@_option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@_option("--output-dir", default=defaults.EVALUATION_DIR, show_default=True, type=click.Path(file_okay=False))
+@_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the evaluation as an MLflow run.")
 @_experiment_option
 @_cache_dir_option
@@ -304,7 +304,7 @@ def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model", default=defaults.CHAMPION_URI, show_default=True, help="Checkpoint, exported folder or MLflow model URI.")
 @click.option("--output", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False))
-@_option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @_tta_option
 @_runtime_option
 @_user_errors
@@ -348,11 +348,11 @@ def _parse_study(text: str) -> list[tuple[str, str]]:
 @_data_dir_option
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(2, 1000), help="Per model (finetune: 1 head + the rest).")
 @_option("--image-size", default=0, type=click.IntRange(0, 1024), help="0 = each model's own.")
-@_option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @_option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--models", "models_text", default="", help="ARCH:MODE list, comma-separated [default: the full study].")
-@click.option("--experiment", default="wbc-compare", show_default=True)
-@_option("--output-dir", default="outputs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--experiment", default=defaults.COMPARE_EXPERIMENT, show_default=True)
+@_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @_user_errors
 def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_text, experiment, output_dir) -> None:
     """The course study: scratch CNN, transfer vs fine-tune for ResNet-50, AlexNet, VGG-16, Lite0; one run with the table."""

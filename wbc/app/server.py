@@ -20,6 +20,7 @@ import torch
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 
+from wbc import defaults
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import MAX_IMAGE_BYTES
 from wbc.errors import WBCError
@@ -210,7 +211,7 @@ def batch_summary(predictions: list[Prediction]) -> dict:
     }
 
 
-def create_app(model_uri: str, batch_size: int = 64) -> FastAPI:
+def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH) -> FastAPI:
     classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size), model_uri)
     app = FastAPI(title="wbc", description="White blood cell classification", version="1")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from wbc.data.settings import AUGMENTATIONS
+from wbc.data.settings import AUGMENTATIONS, DEFAULT_AUGMENTATION
 from wbc.data.shifts import robust_augmentation
 
 
@@ -17,7 +17,7 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
 
 
-def train_augmentation(kind: str = "standard") -> v2.Compose | None:
+def train_augmentation(kind: str = DEFAULT_AUGMENTATION) -> v2.Compose | None:
     """Training transforms: ``standard`` = flips, 90-degree rotations and light colour jitter;
     ``robust`` adds the lab-to-lab shifts of :mod:`wbc.data.shifts` (zoom, stain, light, blur,
     resolution, JPEG) now and then; ``none`` = no augmentation."""

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from wbc.data.augmentation import train_augmentation
 from wbc.data.cache import fingerprint_files
 from wbc.data.dataset import BarcelonaDataset
-from wbc.data.settings import SAMPLINGS
+from wbc.data.settings import DEFAULT_AUGMENTATION, DEFAULT_SAMPLING, SAMPLINGS
 from wbc.data.splits import DecodedImageDataset, load_split
 
 
@@ -40,16 +40,17 @@ class BarcelonaDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str | os.PathLike,
-        image_size: int = 128,
-        batch_size: int = 64,
+        *,
+        image_size: int,
+        batch_size: int,
         num_workers: int = 0,
         limit_per_class: int = 0,
         use_test: bool = False,
         skip_bad_images: bool = False,
         cache_dir: str | os.PathLike | None = None,
         download: bool = False,
-        augment: str = "standard",
-        sampling: str = "shuffle",
+        augment: str = DEFAULT_AUGMENTATION,
+        sampling: str = DEFAULT_SAMPLING,
         seed: int = 0,
     ) -> None:
         super().__init__()

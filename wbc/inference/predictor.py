@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from wbc import defaults
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
 from wbc.inference.artifact import ModelLoadError, onnx_network, load_calibration, load_model, resolved_model
@@ -69,7 +70,7 @@ class Predictor:
         self,
         model: Classifier,
         image_size: int,
-        batch_size: int = 64,
+        batch_size: int = defaults.SCORING_BATCH,
         tta: bool = False,
         calibration: Calibration | None = None,
         network: OnnxNetwork | None = None,
@@ -82,7 +83,7 @@ class Predictor:
         self.calibration = calibration
 
     @classmethod
-    def load(cls, path: str | os.PathLike, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> "Predictor":
+    def load(cls, path: str | os.PathLike, batch_size: int = defaults.SCORING_BATCH, tta: bool = False, runtime: str = "auto") -> "Predictor":
         """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI.
 
         ``runtime``: ``onnx`` runs the exported ``model.onnx`` with ONNX Runtime, ``onnx-int8`` its int8

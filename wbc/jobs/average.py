@@ -49,7 +49,7 @@ def average_run(
     min_accuracy: float = 0.0,
     limit_per_class: int = 0,
     experiment: str = defaults.EXPERIMENT,
-    output_dir: str = "outputs",
+    output_dir: str = defaults.OUTPUT_DIR,
     shiftbench: bool = True,
     onnx: bool = True,
     int8: bool = False,

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from wbc import defaults
 from wbc.data import load_split
 from wbc.inference import EXPORT_WEIGHTS, Predictor
 from wbc.jobs.train import train
@@ -103,7 +104,7 @@ def comparison_figure(table: pd.DataFrame):
     return figure
 
 
-def run_study(config: TrainConfig, entries=STUDY, experiment: str = "wbc-compare") -> tuple[str, pd.DataFrame]:
+def run_study(config: TrainConfig, entries=STUDY, experiment: str = defaults.COMPARE_EXPERIMENT) -> tuple[str, pd.DataFrame]:
     """Train every (arch, mode) in ``entries`` as child runs of one study run; return its id and the table."""
     import matplotlib.pyplot as plt
 

@@ -8,6 +8,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from wbc import defaults
 from wbc.errors import WBCError
 from wbc.inference import Predictor
 from wbc.serving.tables import display_path, predictions_frame
@@ -17,7 +18,7 @@ class InputNotFound(WBCError, FileNotFoundError):
     """A file or folder given to score does not exist."""
 
 
-def predict_files(paths, model: str, batch_size: int = 64, tta: bool = False, runtime: str = "auto") -> pd.DataFrame:
+def predict_files(paths, model: str, batch_size: int = defaults.SCORING_BATCH, tta: bool = False, runtime: str = "auto") -> pd.DataFrame:
     """One row per file: ``file`` and :data:`wbc.serving.tables.OUTPUT_COLUMNS`."""
     files = iter_image_files(paths)  # a missing path fails before the model loads
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)

@@ -18,7 +18,7 @@ from typing import Any
 
 from wbc import defaults
 from wbc.data.dataset import BarcelonaDataset, how_to_get
-from wbc.data.settings import AUGMENTATIONS, SAMPLINGS
+from wbc.data.settings import AUGMENTATIONS, DEFAULT_AUGMENTATION, DEFAULT_SAMPLING, SAMPLINGS
 from wbc.errors import WBCError
 from wbc.models import MODES, UNFREEZE_CHOICES, check_freeze_stages, get_spec
 from wbc.models._registry import UnknownModelError
@@ -79,9 +79,9 @@ class TrainConfig:
                          "instead of the raw weights; 0 = off.", low=0, high=1, high_open=True, resumable=True)
     image_size: int = setting(0, "Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0).",
                               low=0, high=1024, resumable=True, default_text="the model's own")
-    augment: str = setting("standard", "standard: flips, rotations, light colour jitter; robust: + zoom, stain, light, "
+    augment: str = setting(DEFAULT_AUGMENTATION, "standard: flips, rotations, light colour jitter; robust: + zoom, stain, light, "
                            "blur, resolution and JPEG shifts; none.", choices=AUGMENTATIONS, resumable=True)
-    sampling: str = setting("shuffle", "shuffle: each image once per epoch; balanced: each class equally often (drawn "
+    sampling: str = setting(DEFAULT_SAMPLING, "shuffle: each image once per epoch; balanced: each class equally often (drawn "
                             "with replacement).", choices=SAMPLINGS, resumable=True)
     head_epochs: int | None = setting(None, "finetune: epochs of head-only training before unfreezing.", low=0, high=1000,
                                       resumable=True, default_text="1, or 0 when --epochs is 1")
@@ -114,7 +114,7 @@ class TrainConfig:
     int8: bool = setting(False, "Also export an int8 quantization of the ONNX flavour (about 1.5x faster on CPU, answers may "
                          "differ on ~1 % of images; served with WBC_RUNTIME=onnx-int8).")
     skip_bad_images: bool = setting(False, "Skip unreadable training images with a warning instead of failing.")
-    output_dir: str = setting("outputs", "Where checkpoints and exported models go (<output-dir>/<run id>/).")
+    output_dir: str = setting(defaults.OUTPUT_DIR, "Where checkpoints and exported models go (<output-dir>/<run id>/).")
     experiment: str = setting(defaults.EXPERIMENT, "MLflow experiment.")
     accelerator: str = setting("auto", "Lightning accelerator (cpu, gpu, auto).")
     devices: str = setting("1", "Lightning devices (a count, or 'auto').")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from wbc.training.config import TrainConfig, setting
 
-MAIN_RECIPE = {"epochs": 10, "image_size": 160, "augment": "standard"}
+MAIN_RECIPE = {"epochs": 10, "image_size": 160}
 """``wbc main``, stage 1: EfficientNet-Lite0 fine-tuned at 160 px for 10 epochs."""
 
 ROBUST_STAGE = {"head_epochs": 0, "lr": 3e-4, "augment": "robust"}
@@ -14,7 +14,7 @@ ROBUST_STAGE = {"head_epochs": 0, "lr": 3e-4, "augment": "robust"}
 lab-to-lab shift augmentation at a lower learning rate."""
 ROBUST_EPOCHS = 3
 
-FAST_RECIPE = {"epochs": 6, "image_size": 160, "augment": "standard"}
+FAST_RECIPE = {"epochs": 6, "image_size": 160}
 """The documented fast recipe: at most 20 minutes on the faster 2-core machines; on slower ones, add
 ``head_epochs=0, freeze_stages=5, lr=2e-3, backbone_lr_scale=1, max_time=17, shiftbench=False`` to stay
 within 20 minutes (benchmarks/RESULTS.md)."""
