@@ -1,27 +1,18 @@
 """Data: image decoding, the PBC dataset, the decoded-image cache and the Lightning data module.
 
-Names load on first use (PEP 562), so that serving and the command line, which need no Lightning,
+Names load on first use (``lazy_loader``, PEP 562), so that serving and the command line, which need no Lightning,
 do not import it.
 """
 
-from importlib import import_module
+import lazy_loader
 
-_HOMES = {
-    "BarcelonaDataModule": "wbc.data.datamodule",
-    "DecodedImageDataset": "wbc.data.splits",
-    "load_split": "wbc.data.splits",
-    "train_augmentation": "wbc.data.augmentation",
-    "BarcelonaDataset": "wbc.data.dataset",
-    "DatasetError": "wbc.data.dataset",
-    "ImageDecodeError": "wbc.data.images",
-    "decode_image": "wbc.data.images",
-    "decode_image_array": "wbc.data.images",
-}
-
-__all__ = list(_HOMES)
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'wbc.data' has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "datamodule": ["BarcelonaDataModule"],
+        "splits": ["DecodedImageDataset", "load_split"],
+        "augmentation": ["train_augmentation"],
+        "dataset": ["BarcelonaDataset", "DatasetError"],
+        "images": ["ImageDecodeError", "decode_image", "decode_image_array"],
+    },
+)

@@ -5,24 +5,13 @@ Imports only :mod:`wbc.inference` (and below): no Lightning, no training code.
 entry file; it keeps resolving.
 """
 
-from importlib import import_module
+import lazy_loader
 
-_HOMES = {
-    "WBCImageClassifier": "wbc.serving.pyfunc",
-    "SIGNATURE": "wbc.serving.pyfunc",
-    "IMAGE_COLUMN": "wbc.serving.pyfunc",
-    "log_pyfunc_model": "wbc.serving.pyfunc",
-    "encode_image_file": "wbc.serving.pyfunc",
-    "OUTPUT_COLUMNS": "wbc.serving.tables",
-    "predictions_frame": "wbc.serving.tables",
-    "differential_count": "wbc.serving.tables",
-    "predict_files": "wbc.serving.predict",
-}
-
-__all__ = list(_HOMES)
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'wbc.serving' has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "pyfunc": ["WBCImageClassifier", "SIGNATURE", "IMAGE_COLUMN", "log_pyfunc_model", "encode_image_file"],
+        "tables": ["OUTPUT_COLUMNS", "predictions_frame", "differential_count"],
+        "predict": ["predict_files"],
+    },
+)
