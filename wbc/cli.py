@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import MISSING, fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -17,7 +17,7 @@ import click
 from wbc import defaults
 from wbc.errors import WBCError
 from wbc.inference.onnx import RUNTIMES
-from wbc.training.config import TrainConfig
+from wbc.training.config import TrainConfig, default_of
 from wbc.training.recipes import MainSettings, main_config
 
 
@@ -80,8 +80,7 @@ def _click_option(item, default):
     meta = item.metadata
     flag = meta["flag"] or "--" + item.name.replace("_", "-")
     settings = dict(help=meta["help"], metavar=meta["metavar"])
-    own_default = item.default_factory() if item.default is MISSING else item.default
-    if meta["default_text"] and default == own_default:
+    if meta["default_text"] and default == default_of(item):
         settings["show_default"] = meta["default_text"]
     else:
         settings["show_default"] = default not in (None, (), "")
@@ -110,8 +109,7 @@ def settings_options(settings_class, defaults_from=None):
         for item in reversed(fields(settings_class)):
             if not item.metadata.get("option"):
                 continue
-            default = getattr(defaults_from, item.name) if defaults_from is not None else (
-                item.default_factory() if item.default is MISSING else item.default)
+            default = getattr(defaults_from, item.name) if defaults_from is not None else default_of(item)
             function = _click_option(item, default)(function)
         return function
 

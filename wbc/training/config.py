@@ -268,10 +268,14 @@ def pretrained_for(mode: str, weights: str = "auto") -> bool:
     return mode != "scratch" if weights == "auto" else weights == "imagenet"
 
 
+def default_of(item):
+    """The default of a dataclass field (``item``, from :func:`dataclasses.fields`)."""
+    return item.default_factory() if item.default is MISSING else item.default
+
+
 def field_default(name: str):
     """The default of :class:`TrainConfig` field ``name``."""
-    item = next(item for item in fields(TrainConfig) if item.name == name)
-    return item.default_factory() if item.default is MISSING else item.default
+    return default_of(next(item for item in fields(TrainConfig) if item.name == name))
 
 
 @contextmanager
