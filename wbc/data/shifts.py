@@ -1,7 +1,7 @@
 """What differs between labs, as image transforms: magnification, focus, JPEG, resolution, stain, light.
 
 Each family is one function ``(image uint8 (3, S, S), strength, generator) -> image``; the shifted
-benchmark (:mod:`wbc.shiftbench`) applies them at fixed, seeded severities, and the ``robust``
+benchmark (:mod:`wbc.evaluation.shiftbench`) applies them at fixed, seeded severities, and the ``robust``
 training augmentation (:func:`robust_augmentation`) draws them at random from wider ranges.
 Strengths are expressed relative to a 160-pixel image, so they mean the same at any image size.
 """
