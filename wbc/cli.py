@@ -276,6 +276,8 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @click.argument("model", default=defaults.CHAMPION_URI)
 @_data_dir_option
 @click.option("--split", default="valid", show_default=True, type=click.Choice(["train", "valid", "test"]))
+@click.option("--images", type=click.Path(), default=None,
+              help="Score a lab's labelled folder instead of a split: <folder>/<class>/<image>, any subset of the classes.")
 @_option("--output-dir", default=defaults.EVALUATION_DIR, show_default=True, type=click.Path(file_okay=False))
 @_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the evaluation as an MLflow run.")
@@ -284,14 +286,16 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @_tta_option
 @_runtime_option
 @_user_errors
-def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size: int, track: bool, experiment: str,
-             cache_dir: str | None, tta: bool, runtime: str) -> None:
-    """Score MODEL (checkpoint, exported folder or MLflow model URI; default the champion) on a data split; write the reports."""
+def evaluate(model: str, data_dir: str, split: str, images: str | None, output_dir: str, batch_size: int, track: bool,
+             experiment: str, cache_dir: str | None, tta: bool, runtime: str) -> None:
+    """Score MODEL (checkpoint, exported folder or MLflow model URI; default the champion) on a data split, or on a
+    lab's labelled folder (--images: accuracy over the eight classes and over the classes present, and how the flags
+    fell); write the reports and one row per image."""
     from wbc.jobs.evaluate import evaluate_model
 
     evaluation, files = evaluate_model(
-        model, data_dir, split, output_dir=output_dir, batch_size=batch_size, track=track, experiment=experiment, tta=tta,
-        runtime=runtime, cache_dir=cache_dir,
+        model, data_dir, split, images=images, output_dir=output_dir, batch_size=batch_size, track=track,
+        experiment=experiment, tta=tta, runtime=runtime, cache_dir=cache_dir,
     )
     click.echo(f"model: {_model_line(model)}")
     click.echo(evaluation.summary())
