@@ -387,6 +387,33 @@ def app(model: str, host: str, port: int) -> None:
 
 
 @cli.command()
+@click.argument("images", type=click.Path())
+@click.option("--alias", required=True, help="The lab's alias for the adapted version (e.g. lab-a; never champion).")
+@click.option("--model", "model", default=defaults.CHAMPION_URI, show_default=True, help="The model to adapt.")
+@_data_dir_option
+@_experiment_option
+@_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
+@_option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+         help="Share of the lab's images the out-of-distribution flag may fire on.")
+@click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
+@_cache_dir_option
+@_user_errors
+def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, output_dir: str, flag_rate: float, onnx: bool,
+          cache_dir: str | None) -> None:
+    """Adapt MODEL to a lab's IMAGES (a folder; labelled as <class>/<image> or not) without using labels: re-estimate
+    its batch-norm statistics and its out-of-distribution threshold on them; register it under --alias (serve it with
+    wbc app --model models:/wbc-classifier@ALIAS). Labels, when there are, only measure: before and after, on the
+    lab's cells and on PBC valid."""
+    from wbc.jobs.adapt import adapt_model
+    from wbc.tracking.runs import configure_tracking
+
+    configure_tracking(experiment=None)
+    result = adapt_model(model, images, alias, data_dir=data_dir, experiment=experiment, output_dir=output_dir,
+                         flag_rate=flag_rate, onnx=onnx, cache_dir=cache_dir)
+    click.echo(result.summary())
+
+
+@cli.command()
 @_data_dir_option
 @_user_errors
 def download(data_dir: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_and_extract_archive, verify_str_arg
 
 from wbc.classes import CLASS_NAMES, CLASS_TO_IDX
@@ -55,6 +56,19 @@ def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[st
     if not folders:
         raise DatasetError(f"{directory} holds no images: no class folders in it (expected <class>/<image>, classes {', '.join(CLASS_NAMES)})")
     return list(CLASS_NAMES), folders
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """The image files under ``folder`` (any depth, by extension as ``ImageFolder`` reads them), sorted; hidden ones
+    left out. Raises :class:`DatasetError` when there are none."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    files = sorted(str(path) for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")
+                   and path.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise DatasetError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+    return files
 
 
 class LabelledFolder(ImageFolder):

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wbc.data.cache import decode_cached
-from wbc.data.dataset import BarcelonaDataset, LabelledFolder
+from wbc.data.dataset import BarcelonaDataset, LabelledFolder, image_files
 
 
 class DecodedImageDataset(Dataset):
@@ -73,6 +73,12 @@ def load_split(
 def load_folder(folder: str | os.PathLike, image_size: int, *, cache_dir=None, skip_bad_images: bool = False) -> DecodedImageDataset:
     """A lab's labelled folder (:class:`~wbc.data.dataset.LabelledFolder`), decoded once at ``image_size`` through the cache."""
     return decode_samples(LabelledFolder(folder).samples, image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
+                          description=f"decoding {Path(folder).name}")
+
+
+def load_unlabelled(folder: str | os.PathLike, image_size: int, *, cache_dir=None) -> DecodedImageDataset:
+    """Every image file under ``folder`` (:func:`~wbc.data.dataset.image_files`), decoded at ``image_size``; targets -1."""
+    return decode_samples([(path, -1) for path in image_files(folder)], image_size, cache_dir=cache_dir,
                           description=f"decoding {Path(folder).name}")
 
 
