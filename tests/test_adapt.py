@@ -37,7 +37,7 @@ def _lab(folder: Path, labelled: bool) -> Path:
 
 @pytest.fixture
 def champion(synthetic_data):
-    trained = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=2, batch_size=16,
+    trained = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=4, batch_size=16,
                                 image_size=32, lr=0.01, progress=False, onnx=False, shiftbench=False))
     registration = register_best(metric="best_val_f1")
     return trained, registration
@@ -48,7 +48,7 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
     lab = _lab(tmp_path / "lab-a", labelled=True)
     result = invoke("adapt", lab, "--alias", "lab-a", "--data-dir", synthetic_data, "--no-onnx")
     assert result.exit_code == 0, result.output
-    assert "lab cells before: accuracy" in result.output and "lab cells after: accuracy" in result.output
+    assert "18 lab cells before: accuracy" in result.output and "18 lab cells after: accuracy" in result.output
     assert "PBC valid after: accuracy" in result.output and "models:/wbc-classifier@lab-a" in result.output
 
     client = mlflow.MlflowClient()
@@ -86,3 +86,25 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
     assert "adapted on 18 of the lab's images" in result.output and "lab cells" not in result.output
     version = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-b")
     assert version.tags["adapted_for"] == "lab-b"
+
+
+def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_others(champion, synthetic_data, tmp_path):
+    trained, _ = champion
+    lab = _lab(tmp_path / "lab-c", labelled=True)
+    result = invoke("adapt", lab, "--alias", "lab-c", "--labelled-per-class", 3, "--steps", 30, "--data-dir", synthetic_data,
+                    "--no-onnx")
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned on 9 labelled cells" in result.output and "9 held-out lab cells after" in result.output
+    run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
+    params, metrics = run.data.params, run.data.metrics
+    assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"].startswith("AdaBN + few-shot")
+    assert metrics["lab_after_acc_present"] > metrics["lab_before_acc_present"], "the lab's held-out cells gained"
+    source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
+    served = Predictor.load("models:/wbc-classifier@lab-c", runtime="torch")
+    weights = dict(served.model.named_parameters())
+    assert any(not torch.equal(value, weights[name]) for name, value in source.model.named_parameters()), "fine-tuned"
+
+    unlabelled = _lab(tmp_path / "lab-d", labelled=False)
+    result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)
+    assert result.exit_code == 1 and "needs labelled cells" in result.output
+

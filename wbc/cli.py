@@ -395,21 +395,26 @@ def app(model: str, host: str, port: int) -> None:
 @_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @_option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
          help="Share of the lab's images the out-of-distribution flag may fire on.")
+@_option("--labelled-per-class", default=0, show_default=True, type=click.IntRange(0),
+         help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure. 0 = use no labels.")
+@click.option("--steps", default=60, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which cells fine-tune and which measure; the augmentation.")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
 @_cache_dir_option
 @_user_errors
-def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, output_dir: str, flag_rate: float, onnx: bool,
-          cache_dir: str | None) -> None:
-    """Adapt MODEL to a lab's IMAGES (a folder; labelled as <class>/<image> or not) without using labels: re-estimate
-    its batch-norm statistics and its out-of-distribution threshold on them; register it under --alias (serve it with
-    wbc app --model models:/wbc-classifier@ALIAS). Labels, when there are, only measure: before and after, on the
-    lab's cells and on PBC valid."""
+def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, output_dir: str, flag_rate: float,
+          labelled_per_class: int, steps: int, seed: int, onnx: bool, cache_dir: str | None) -> None:
+    """Adapt MODEL to a lab's IMAGES (a folder; labelled as <class>/<image> or not): re-estimate its batch-norm
+    statistics and its out-of-distribution threshold on them, and with --labelled-per-class fine-tune it on a few
+    labelled cells of each class; register it under --alias (serve it with wbc app --model
+    models:/wbc-classifier@ALIAS). Prints accuracy before and after, on the lab's (held-out) cells and on PBC valid."""
     from wbc.jobs.adapt import adapt_model
     from wbc.tracking.runs import configure_tracking
 
     configure_tracking(experiment=None)
     result = adapt_model(model, images, alias, data_dir=data_dir, experiment=experiment, output_dir=output_dir,
-                         flag_rate=flag_rate, onnx=onnx, cache_dir=cache_dir)
+                         flag_rate=flag_rate, labelled_per_class=labelled_per_class, steps=steps, seed=seed, onnx=onnx,
+                         cache_dir=cache_dir)
     click.echo(result.summary())
 
 

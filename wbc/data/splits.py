@@ -26,6 +26,11 @@ class DecodedImageDataset(Dataset):
         self.transform = transform
         self.soft_targets: np.ndarray | None = None
 
+    def subset(self, indices) -> "DecodedImageDataset":
+        """The samples at ``indices``, without a transform."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return DecodedImageDataset(self.pixels[indices], self.targets[indices], [self.paths[i] for i in indices])
+
     def __len__(self) -> int:
         return len(self.targets)
 
