@@ -276,7 +276,7 @@ def test_evaluate_into_the_working_folder_logs_only_the_reports_it_wrote(model_r
     result = invoke("evaluate", model_run.best_checkpoint, "--data-dir", synthetic_data, "--output-dir", ".")
     assert result.exit_code == 0, result.output
     (run,) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.kind` = 'evaluate'", output_format="list")
-    assert sorted(a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)) == sorted(REPORT_FILES)
+    assert sorted(a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)) == sorted([*REPORT_FILES, "predictions.csv"])
     assert run.info.run_name == f"evaluate {model_run.best_checkpoint} on valid"
 
 
@@ -291,3 +291,46 @@ def test_every_step_after_training_decodes_through_the_cache_dir_given(synthetic
         result = invoke(*args, "--data-dir", synthetic_data, "--cache-dir", mine)
         assert result.exit_code == 0, result.output
     assert any(mine.iterdir()) and not default_cache.exists()
+
+
+def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp_path):
+    """A lab's folder with three of the eight classes, named its own way: scored over the eight classes and over the
+    three, with how the flags fell, logged and written like a split."""
+    from wbc.classes import CLASS_TO_IDX
+
+    lab = tmp_path / "lab-a"
+    for folder in ("Monocyte", "basophil", "NEUTROPHIL"):
+        (lab / folder).mkdir(parents=True)
+        for source in sorted((synthetic_data / "barcelona" / "valid" / folder.lower()).glob("*.jpg")):
+            (lab / folder / source.name).write_bytes(source.read_bytes())
+    model = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"
+    result = invoke("evaluate", model, "--images", lab, "--output-dir", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "report" / "predictions.csv")
+    assert len(rows) == 12 and set(rows["true"]) == {"monocyte", "basophil", "neutrophil"}
+    present = sorted(CLASS_TO_IDX[name] for name in ("basophil", "monocyte", "neutrophil"))
+    (run,) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.kind` = 'evaluate'", output_format="list")
+    metrics, params = run.data.metrics, run.data.params
+    assert metrics["images_acc"] == pytest.approx((rows["true"] == rows["predicted"]).mean())
+    assert metrics["images_acc_present"] >= metrics["images_acc"]
+    assert params["classes_present"] == "basophil,monocyte,neutrophil" and params["images"] == str(lab)
+    assert run.info.run_name == f"evaluate {model} on lab-a"
+    flagged = rows["in_distribution"] == False  # noqa: E712
+    wrong = rows["true"] != rows["predicted"]
+    assert metrics["images_flagged"] == pytest.approx(flagged.mean())
+    if flagged.any():
+        assert metrics["images_error_flagged"] == pytest.approx(wrong[flagged].mean())
+    assert "among the classes present (basophil, monocyte, neutrophil)" in result.output
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)} >= {"predictions.csv", "confusion_matrix.png"}
+
+    # restricted scoring is the argmax over the classes present
+    from wbc.evaluation.reports import Evaluation
+
+    probabilities = np.array([[0.5, 0.3, 0, 0, 0, 0.2, 0, 0], [0.6, 0, 0, 0, 0, 0.3, 0.1, 0]])
+    evaluation = Evaluation.from_scores(np.array([5, 6]), probabilities)
+    assert evaluation.accuracy == 0 and evaluation.present_accuracy == 0.5 and evaluation.present_classes == [5, 6]
+    assert present == [0, 5, 6]
+
+    (lab / "Neutrophils").mkdir()
+    result = invoke("evaluate", model, "--images", lab, "--no-track")
+    assert result.exit_code == 1 and "Neutrophils: folder is not one of the eight classes" in result.output

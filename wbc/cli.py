@@ -276,6 +276,8 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @click.argument("model", default=defaults.CHAMPION_URI)
 @_data_dir_option
 @click.option("--split", default="valid", show_default=True, type=click.Choice(["train", "valid", "test"]))
+@click.option("--images", type=click.Path(), default=None,
+              help="Score a lab's labelled folder instead of a split: <folder>/<class>/<image>, any subset of the classes.")
 @_option("--output-dir", default=defaults.EVALUATION_DIR, show_default=True, type=click.Path(file_okay=False))
 @_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the evaluation as an MLflow run.")
@@ -284,14 +286,16 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @_tta_option
 @_runtime_option
 @_user_errors
-def evaluate(model: str, data_dir: str, split: str, output_dir: str, batch_size: int, track: bool, experiment: str,
-             cache_dir: str | None, tta: bool, runtime: str) -> None:
-    """Score MODEL (checkpoint, exported folder or MLflow model URI; default the champion) on a data split; write the reports."""
+def evaluate(model: str, data_dir: str, split: str, images: str | None, output_dir: str, batch_size: int, track: bool,
+             experiment: str, cache_dir: str | None, tta: bool, runtime: str) -> None:
+    """Score MODEL (checkpoint, exported folder or MLflow model URI; default the champion) on a data split, or on a
+    lab's labelled folder (--images: accuracy over the eight classes and over the classes present, and how the flags
+    fell); write the reports and one row per image."""
     from wbc.jobs.evaluate import evaluate_model
 
     evaluation, files = evaluate_model(
-        model, data_dir, split, output_dir=output_dir, batch_size=batch_size, track=track, experiment=experiment, tta=tta,
-        runtime=runtime, cache_dir=cache_dir,
+        model, data_dir, split, images=images, output_dir=output_dir, batch_size=batch_size, track=track,
+        experiment=experiment, tta=tta, runtime=runtime, cache_dir=cache_dir,
     )
     click.echo(f"model: {_model_line(model)}")
     click.echo(evaluation.summary())
@@ -380,6 +384,38 @@ def app(model: str, host: str, port: int) -> None:
     click.echo(f"model: {_model_line(model)}")
     click.echo(f"wbc app: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl+C stops it)")
     uvicorn.run(web_app, host=host, port=port, log_level="warning")
+
+
+@cli.command()
+@click.argument("images", type=click.Path())
+@click.option("--alias", required=True, help="The lab's alias for the adapted version (e.g. lab-a; never champion).")
+@click.option("--model", "model", default=defaults.CHAMPION_URI, show_default=True, help="The model to adapt.")
+@_data_dir_option
+@_experiment_option
+@_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
+@_option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+         help="Share of the lab's images the out-of-distribution flag may fire on.")
+@_option("--labelled-per-class", default=0, show_default=True, type=click.IntRange(0),
+         help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure. 0 = use no labels.")
+@click.option("--steps", default=60, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which cells fine-tune and which measure; the augmentation.")
+@click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
+@_cache_dir_option
+@_user_errors
+def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, output_dir: str, flag_rate: float,
+          labelled_per_class: int, steps: int, seed: int, onnx: bool, cache_dir: str | None) -> None:
+    """Adapt MODEL to a lab's IMAGES (a folder; labelled as <class>/<image> or not): re-estimate its batch-norm
+    statistics and its out-of-distribution threshold on them, and with --labelled-per-class fine-tune it on a few
+    labelled cells of each class; register it under --alias (serve it with wbc app --model
+    models:/wbc-classifier@ALIAS). Prints accuracy before and after, on the lab's (held-out) cells and on PBC valid."""
+    from wbc.jobs.adapt import adapt_model
+    from wbc.tracking.runs import configure_tracking
+
+    configure_tracking(experiment=None)
+    result = adapt_model(model, images, alias, data_dir=data_dir, experiment=experiment, output_dir=output_dir,
+                         flag_rate=flag_rate, labelled_per_class=labelled_per_class, steps=steps, seed=seed, onnx=onnx,
+                         cache_dir=cache_dir)
+    click.echo(result.summary())
 
 
 @cli.command()

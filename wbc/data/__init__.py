@@ -10,9 +10,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "datamodule": ["BarcelonaDataModule"],
-        "splits": ["DecodedImageDataset", "load_split"],
+        "splits": ["DecodedImageDataset", "load_folder", "load_split", "load_unlabelled"],
         "augmentation": ["train_augmentation"],
-        "dataset": ["BarcelonaDataset", "DatasetError"],
+        "dataset": ["BarcelonaDataset", "DatasetError", "LabelledFolder", "image_files"],
         "images": ["ImageDecodeError", "decode_image", "decode_image_array"],
     },
 )

@@ -1,4 +1,5 @@
-"""`BarcelonaDataset`: the PBC images as an ImageFolder with a fixed class order."""
+"""Labelled image folders in the one fixed class order: any lab's ``<folder>/<class>/<image>`` (:class:`LabelledFolder`)
+and the PBC dataset's splits (:class:`BarcelonaDataset`), both torchvision ``ImageFolder``s."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_and_extract_archive, verify_str_arg
 
 from wbc.classes import CLASS_NAMES, CLASS_TO_IDX
@@ -33,6 +35,63 @@ def load_pil_rgb(path: str):
     from PIL import Image
 
     return Image.fromarray(decode_image_array(path, None))
+
+
+def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    """``ImageFolder.find_classes`` for the eight classes: every sub-folder must be one of them, its name matched
+    case-insensitively (``Monocyte/`` is monocyte); returns the class names and {folder name: class index}."""
+    try:
+        entries = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+    except OSError as error:
+        raise DatasetError(f"{directory}: cannot read folder ({error.strerror or error})") from None
+    folders: dict[str, int] = {}
+    for name in entries:
+        if name.lower() not in CLASS_TO_IDX:
+            raise DatasetError(f"{os.path.join(directory, name)}: folder is not one of the eight classes "
+                               f"({', '.join(CLASS_NAMES)}); rename or remove it")
+        twin = next((other for other, index in folders.items() if index == CLASS_TO_IDX[name.lower()]), None)
+        if twin is not None:
+            raise DatasetError(f"{os.path.join(directory, name)}: the same class as {twin}/; merge the two folders")
+        folders[name] = CLASS_TO_IDX[name.lower()]
+    if not folders:
+        raise DatasetError(f"{directory} holds no images: no class folders in it (expected <class>/<image>, classes {', '.join(CLASS_NAMES)})")
+    return list(CLASS_NAMES), folders
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """The image files under ``folder`` (any depth, by extension as ``ImageFolder`` reads them), sorted; hidden ones
+    left out. Raises :class:`DatasetError` when there are none."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    files = sorted(str(path) for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")
+                   and path.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise DatasetError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+    return files
+
+
+class LabelledFolder(ImageFolder):
+    """A lab's labelled cells: ``<folder>/<class>/<image>`` for any subset of the eight classes (class folders named
+    case-insensitively); ``targets`` are indices into :data:`~wbc.classes.CLASS_NAMES`. Raises :class:`DatasetError`
+    for a missing folder, a sub-folder that is not a class, or no images."""
+
+    def __init__(self, folder: str | os.PathLike, transform: Callable | None = None) -> None:
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such folder (expected <folder>/<class>/<image>, class folders named "
+                               f"after any of {', '.join(CLASS_NAMES)})")
+        super().__init__(str(folder), transform=transform, loader=load_pil_rgb, allow_empty=True)
+        if not self.samples:
+            raise DatasetError(f"{folder} holds no images in class folders ({', '.join(CLASS_NAMES)})")
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return find_class_folders(directory)
+
+    @property
+    def present_classes(self) -> list[int]:
+        """The classes that have images here, as sorted indices."""
+        return sorted(set(self.targets))
 
 
 class BarcelonaDataset(ImageFolder):
@@ -79,21 +138,7 @@ class BarcelonaDataset(ImageFolder):
         return self.data_root / "barcelona" / self.split
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        try:
-            entries = list(os.scandir(directory))
-        except OSError as error:
-            raise DatasetError(f"{directory}: cannot read folder ({error.strerror or error})") from None
-        unknown = sorted(
-            entry.name
-            for entry in entries
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in CLASS_TO_IDX
-        )
-        if unknown:
-            raise DatasetError(
-                f"{os.path.join(directory, unknown[0])}: folder is not one of the eight classes "
-                f"({', '.join(CLASS_NAMES)}); rename or remove it"
-            )
-        return list(CLASS_NAMES), dict(CLASS_TO_IDX)
+        return find_class_folders(directory)
 
     def _check_exists(self) -> bool:
         return self.split_dir.is_dir()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from wbc.data.cache import decode_cached
-from wbc.data.dataset import BarcelonaDataset
+from wbc.data.dataset import BarcelonaDataset, LabelledFolder, image_files
 
 
 class DecodedImageDataset(Dataset):
@@ -24,6 +25,11 @@ class DecodedImageDataset(Dataset):
         self.paths = paths
         self.transform = transform
         self.soft_targets: np.ndarray | None = None
+
+    def subset(self, indices) -> "DecodedImageDataset":
+        """The samples at ``indices``, without a transform."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return DecodedImageDataset(self.pixels[indices], self.targets[indices], [self.paths[i] for i in indices])
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -65,14 +71,27 @@ def load_split(
 ) -> DecodedImageDataset:
     """One split of the dataset, decoded once at ``image_size`` through the cache."""
     samples = limit_samples(BarcelonaDataset(data_dir, split).samples, limit_per_class)
+    return decode_samples(samples, image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images, transform=transform,
+                          decode_workers=decode_workers, description=f"decoding {split}")
+
+
+def load_folder(folder: str | os.PathLike, image_size: int, *, cache_dir=None, skip_bad_images: bool = False) -> DecodedImageDataset:
+    """A lab's labelled folder (:class:`~wbc.data.dataset.LabelledFolder`), decoded once at ``image_size`` through the cache."""
+    return decode_samples(LabelledFolder(folder).samples, image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
+                          description=f"decoding {Path(folder).name}")
+
+
+def load_unlabelled(folder: str | os.PathLike, image_size: int, *, cache_dir=None) -> DecodedImageDataset:
+    """Every image file under ``folder`` (:func:`~wbc.data.dataset.image_files`), decoded at ``image_size``; targets -1."""
+    return decode_samples([(path, -1) for path in image_files(folder)], image_size, cache_dir=cache_dir,
+                          description=f"decoding {Path(folder).name}")
+
+
+def decode_samples(samples: list[tuple[str, int]], image_size: int, *, cache_dir=None, skip_bad_images: bool = False,
+                   transform=None, decode_workers: int | None = None, description: str = "decoding") -> DecodedImageDataset:
+    """``(path, class index)`` samples decoded at ``image_size`` (uint8 (N, 3, S, S)) through the cache."""
     paths = [path for path, _ in samples]
-    decoded = decode_cached(
-        paths,
-        image_size,
-        cache_dir=cache_dir,
-        workers=decode_workers,
-        skip_bad_images=skip_bad_images,
-        description=f"decoding {split}",
-    )
+    decoded = decode_cached(paths, image_size, cache_dir=cache_dir, workers=decode_workers, skip_bad_images=skip_bad_images,
+                            description=description)
     targets = np.asarray([samples[i][1] for i in decoded.kept], dtype=np.int64)
     return DecodedImageDataset(decoded.pixels, targets, [paths[i] for i in decoded.kept], transform)

@@ -16,11 +16,41 @@ REPORT_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "classification_
 
 
 @dataclass
+class FlagSummary:
+    """How the model's flags fell on a labelled set: shares of cells flagged, and the error rate on each side."""
+
+    out_of_distribution: float
+    """Share of cells flagged as unlike the training data."""
+    review: float
+    """Share of cells whose calibrated confidence is below the review threshold."""
+    error_flagged: float | None
+    """Error rate among the cells flagged out-of-distribution (None: none flagged)."""
+    error_unflagged: float | None
+    """Error rate among the cells not flagged (None: all flagged). Honest flags keep this low and the other high."""
+
+    @classmethod
+    def from_flags(cls, correct: np.ndarray, in_distribution: np.ndarray, review: np.ndarray) -> "FlagSummary":
+        flagged = ~in_distribution
+        return cls(
+            out_of_distribution=float(flagged.mean()),
+            review=float(review.mean()),
+            error_flagged=float((~correct[flagged]).mean()) if flagged.any() else None,
+            error_unflagged=float((~correct[~flagged]).mean()) if (~flagged).any() else None,
+        )
+
+
+@dataclass
 class Evaluation:
     accuracy: float
     macro_f1: float
     report: dict
     confusion: np.ndarray
+    present_classes: list[int] | None = None
+    """The classes the labelled set holds (when scored from probabilities)."""
+    present_accuracy: float | None = None
+    """Accuracy when the model may only answer one of :attr:`present_classes` (a lab without, say, platelets)."""
+    present_macro_f1: float | None = None
+    flags: FlagSummary | None = None
 
     @classmethod
     def from_predictions(cls, targets: np.ndarray, predicted: np.ndarray) -> "Evaluation":
@@ -33,6 +63,33 @@ class Evaluation:
             ),
             confusion=confusion_matrix(targets, predicted, labels=labels),
         )
+
+    @classmethod
+    def from_scores(cls, targets: np.ndarray, probabilities: np.ndarray, in_distribution: np.ndarray | None = None,
+                    review: np.ndarray | None = None) -> "Evaluation":
+        """From (N, 8) class probabilities: the eight-class scores, the scores restricted to the classes ``targets``
+        holds (the argmax over those classes only), and with the flags (bool (N,)) how they fell."""
+        targets = np.asarray(targets)
+        evaluation = cls.from_predictions(targets, probabilities.argmax(axis=1))
+        present = sorted(set(targets.tolist()))
+        restricted = np.asarray(present)[probabilities[:, present].argmax(axis=1)]
+        evaluation.present_classes = present
+        evaluation.present_accuracy = float(accuracy_score(targets, restricted))
+        evaluation.present_macro_f1 = float(f1_score(targets, restricted, labels=present, average="macro", zero_division=0))
+        if in_distribution is not None and review is not None:
+            correct = probabilities.argmax(axis=1) == targets  # what the lab is answered: one of the eight
+            evaluation.flags = FlagSummary.from_flags(correct, np.asarray(in_distribution, bool), np.asarray(review, bool))
+        return evaluation
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """What a run logs: ``<prefix>_acc`` and ``_f1`` over the eight classes; ``_acc_present`` and ``_f1_present``
+        over the classes present; ``_flagged``, ``_review``, ``_error_flagged``, ``_error_unflagged`` from the flags."""
+        values = {"acc": self.accuracy, "f1": self.macro_f1, "acc_present": self.present_accuracy,
+                  "f1_present": self.present_macro_f1}
+        if self.flags is not None:
+            values |= {"flagged": self.flags.out_of_distribution, "review": self.flags.review,
+                       "error_flagged": self.flags.error_flagged, "error_unflagged": self.flags.error_unflagged}
+        return {f"{prefix}_{name}": value for name, value in values.items() if value is not None}
 
     def per_class_table(self) -> pd.DataFrame:
         rows = [
@@ -84,4 +141,18 @@ class Evaluation:
 
     def summary(self) -> str:
         table = self.per_class_table().to_string(index=False, float_format=lambda v: f"{v:.4f}")
-        return f"accuracy {self.accuracy:.4f}  macro-F1 {self.macro_f1:.4f}\n{table}"
+        lines = [f"accuracy {self.accuracy:.4f}  macro-F1 {self.macro_f1:.4f}"]
+        if self.present_classes is not None and len(self.present_classes) < len(CLASS_NAMES):
+            names = ", ".join(CLASS_NAMES[index] for index in self.present_classes)
+            lines.append(f"among the classes present ({names}): accuracy {self.present_accuracy:.4f}  "
+                         f"macro-F1 {self.present_macro_f1:.4f}")
+        if self.flags is not None:
+            flags = self.flags
+            lines.append(f"flagged out-of-distribution {100 * flags.out_of_distribution:.1f} % (error among them "
+                         f"{_percent(flags.error_flagged)}, among the rest {_percent(flags.error_unflagged)}); "
+                         f"to review {100 * flags.review:.1f} %")
+        return "\n".join(lines + [table])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"

@@ -1,16 +1,22 @@
-"""``wbc evaluate``: score a trained model on one split, write the reports, log them to MLflow."""
+"""``wbc evaluate``: score a trained model on a split of the PBC data or on any lab's labelled folder, write the
+reports, log them to MLflow."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from wbc import defaults
-from wbc.data import BarcelonaDataset, load_split
+from wbc.classes import CLASS_NAMES
+from wbc.data import BarcelonaDataset, LabelledFolder, load_folder, load_split
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
+
+PREDICTIONS_FILE = "predictions.csv"
+"""Beside the reports: one row per image (file, true class, predicted class, confidence, flags)."""
 
 
 def evaluate_model(
@@ -18,6 +24,7 @@ def evaluate_model(
     data_dir: str,
     split: str = "valid",
     *,
+    images: str | Path | None = None,
     output_dir: str | Path = defaults.EVALUATION_DIR,
     batch_size: int = defaults.SCORING_BATCH,
     track: bool = True,
@@ -26,23 +33,50 @@ def evaluate_model(
     runtime: str = "auto",
     cache_dir: str | None = None,
 ) -> tuple[Evaluation, list[Path]]:
-    """Score ``model`` on ``split``; write the reports (:data:`~wbc.evaluation.reports.REPORT_FILES`) into
-    ``output_dir``; with ``track``, log them and the scores as a run of kind ``evaluate``. Returns the scores and
-    the files written."""
-    BarcelonaDataset(data_dir, split)  # missing data fails before the model loads
+    """Score ``model`` on ``split`` of ``data_dir``, or with ``images`` on that labelled folder
+    (``<folder>/<class>/<image>``, any subset of the classes); write the reports
+    (:data:`~wbc.evaluation.reports.REPORT_FILES` and :data:`PREDICTIONS_FILE`) into ``output_dir``; with ``track``,
+    log them and the scores (``<split>_acc`` ..., or ``images_acc`` ...: :meth:`Evaluation.metrics`) as a run of
+    kind ``evaluate``. Returns the scores and the files written. Raises :class:`~wbc.data.DatasetError` for missing or
+    misnamed data before the model loads."""
+    if images is not None:
+        LabelledFolder(images)
+        prefix, source = "images", str(Path(images).resolve())
+    else:
+        BarcelonaDataset(data_dir, split)
+        prefix, source = split, str(Path(data_dir).resolve())
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
-    dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir)
-    probabilities = predictor.predict_pixels(dataset.pixels)
-    evaluation = Evaluation.from_predictions(dataset.targets, probabilities.argmax(axis=1))
+    if images is not None:
+        dataset = load_folder(images, predictor.image_size, cache_dir=cache_dir)
+    else:
+        dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir)
+    scores = predictor.score_pixels(dataset.pixels)
+    calibration = None if tta else predictor.calibration  # its thresholds were fitted on single views
+    in_distribution = calibration.in_distribution(scores.in_distribution_score) if calibration else None
+    review = calibration.needs_review(scores.probabilities.max(axis=1)) if calibration else None
+    evaluation = Evaluation.from_scores(dataset.targets, scores.probabilities, in_distribution, review)
     files = evaluation.write(output_dir)
+    table = pd.DataFrame({
+        "file": dataset.paths,
+        "true": [CLASS_NAMES[t] for t in dataset.targets],
+        "predicted": [CLASS_NAMES[p] for p in scores.probabilities.argmax(axis=1)],
+        "confidence": scores.probabilities.max(axis=1),
+        "in_distribution_score": scores.in_distribution_score,
+        "in_distribution": in_distribution if in_distribution is not None else None,
+        "review": review if review is not None else None,
+    })
+    table.to_csv(Path(output_dir) / PREDICTIONS_FILE, index=False)
+    files.append(Path(output_dir) / PREDICTIONS_FILE)
     if track:
         configure_tracking(experiment)
-        with mlflow.start_run(run_name=f"evaluate {model} on {split}", tags=run_tags(**{RUN_KIND_TAG: "evaluate"})):
+        name = Path(images).resolve().name if images is not None else split
+        with mlflow.start_run(run_name=f"evaluate {model} on {name}", tags=run_tags(**{RUN_KIND_TAG: "evaluate"})):
             log_params_once(
-                {"model_uri": model, "split": split, "data_dir": str(Path(data_dir).resolve()), "size": len(dataset), "tta": tta,
-                 "runtime": predictor.runtime}
+                {"model_uri": model, "split": split if images is None else "", "data_dir": source if images is None else "",
+                 "images": source if images is not None else "", "size": len(dataset), "tta": tta, "runtime": predictor.runtime,
+                 "classes_present": ",".join(CLASS_NAMES[i] for i in evaluation.present_classes)}
             )
-            mlflow.log_metrics({f"{split}_acc": evaluation.accuracy, f"{split}_f1": evaluation.macro_f1})
+            mlflow.log_metrics(evaluation.metrics(prefix))
             for path in files:  # only what this evaluation wrote, whatever else the folder holds
                 mlflow.log_artifact(str(path))
     return evaluation, files

@@ -303,3 +303,33 @@ def registered_version(model: str):
     except MlflowException:
         return None
 
+
+RESERVED_ALIASES = (DEFAULT_ALIAS, "previous", "challenger")
+"""The aliases the registry's own selection moves: an adapted model never takes one."""
+
+
+def check_lab_alias(alias: str) -> str:
+    """``alias`` if a lab's adapted model may hold it; else :class:`RegistryError` saying why not."""
+    if alias in RESERVED_ALIASES:
+        raise RegistryError(f"alias={alias!r} is the registry's own ({', '.join(RESERVED_ALIASES)}): name the lab, e.g. lab-a")
+    if not alias or not alias.replace("-", "").replace("_", "").isalnum() or alias[0].isdigit():
+        raise RegistryError(f"alias={alias!r} is invalid: letters, digits, - and _, not starting with a digit (e.g. lab-a)")
+    return alias
+
+
+def register_adapted(run_id: str, alias: str, source: str, model_name: str = DEFAULT_MODEL_NAME) -> str:
+    """Register the model run ``run_id`` logged as a new version of ``model_name`` and point ``alias`` (a lab's, never
+    one of :data:`RESERVED_ALIASES`) at it; return the version. The version carries no selection metric, so the
+    registry's own ranking (``@champion``) never picks it."""
+    check_lab_alias(alias)
+    client = MlflowClient()
+    with _registry_lock():
+        try:
+            client.get_registered_model(model_name)
+        except MlflowException:
+            client.create_registered_model(model_name, description="White blood cell classifier (wbc), 8 classes.")
+        version = mlflow.register_model(_latest_model_uri(client, run_id) or f"runs:/{run_id}/model", model_name,
+                                        tags={"run_id": run_id, "adapted_for": alias, "adapted_from": source})
+        client.set_registered_model_alias(model_name, alias, version.version)
+    return str(version.version)
+

@@ -1,0 +1,110 @@
+"""`wbc adapt` without labels: a lab's images re-estimate the model's batch-norm statistics and its out-of-distribution
+threshold; the result is its own run and a version under the lab's alias, never the champion."""
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from wbc.cli import cli
+from wbc.inference import Predictor
+from wbc.jobs.train import train
+from wbc.tracking.registry import register_best
+from wbc.training.config import TrainConfig
+
+from conftest import cell_image
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+
+
+def _lab(folder: Path, labelled: bool) -> Path:
+    """Another lab's cells: three classes, darker and bluer than the training images."""
+    for name in ("monocyte", "lymphocyte", "neutrophil"):
+        target = folder / name.capitalize() if labelled else folder
+        target.mkdir(parents=True, exist_ok=True)
+        for index in range(6):
+            pixels = np.asarray(cell_image(name, 900_000 + index)).astype(np.float32)
+            shifted = np.clip(pixels * [0.7, 0.75, 0.95], 0, 255).astype(np.uint8)
+            Image.fromarray(shifted).save(target / f"{name}_{index}.png")
+    return folder
+
+
+@pytest.fixture
+def champion(synthetic_data):
+    trained = train(TrainConfig(data_dir=str(synthetic_data), arch="scratch", mode="scratch", epochs=4, batch_size=16,
+                                image_size=32, lr=0.01, progress=False, onnx=False, shiftbench=False))
+    registration = register_best(metric="best_val_f1")
+    return trained, registration
+
+
+def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_under_the_lab_alias(champion, synthetic_data, tmp_path):
+    trained, registration = champion
+    lab = _lab(tmp_path / "lab-a", labelled=True)
+    result = invoke("adapt", lab, "--alias", "lab-a", "--data-dir", synthetic_data, "--no-onnx")
+    assert result.exit_code == 0, result.output
+    assert "18 lab cells before: accuracy" in result.output and "18 lab cells after: accuracy" in result.output
+    assert "PBC valid after: accuracy" in result.output and "models:/wbc-classifier@lab-a" in result.output
+
+    client = mlflow.MlflowClient()
+    adapted = client.get_model_version_by_alias("wbc-classifier", "lab-a")
+    assert str(client.get_model_version_by_alias("wbc-classifier", "champion").version) == registration.version
+    run = client.get_run(adapted.run_id)
+    assert run.data.tags["wbc.kind"] == "adapt" and run.info.run_name == "adapt to lab-a (lab-a)"
+    assert run.data.params["image_count"] == "18" and run.data.params["labelled"] == "True"
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["lab-a"]
+    for name in ("lab_before_acc_present", "lab_after_acc_present", "valid_before_acc", "valid_after_acc", "lab_after_flagged"):
+        assert name in run.data.metrics, name
+    assert run.data.metrics["lab_after_flagged"] <= 0.05 + 1 / 18, "the refitted threshold flags about flag_rate of the lab"
+
+    source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
+    served = Predictor.load("models:/wbc-classifier@lab-a", runtime="torch")
+    means = [(a.running_mean, b.running_mean) for a, b in zip(source.model.modules(), served.model.modules())
+             if isinstance(a, torch.nn.BatchNorm2d)]
+    assert means and all(not torch.allclose(a, b) for a, b in means), "every batch-norm layer took the lab's statistics"
+    weights = dict(served.model.named_parameters())
+    assert all(torch.equal(value, weights[name]) for name, value in source.model.named_parameters()), "weights unchanged"
+
+    # the registry's own selection never hands the champion to an adapted version
+    assert register_best(metric="best_val_f1").version == registration.version
+    assert str(client.get_model_version_by_alias("wbc-classifier", "champion").version) == registration.version
+
+
+def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_data, tmp_path):
+    lab = _lab(tmp_path / "lab-b", labelled=False)
+    result = invoke("adapt", lab, "--alias", "champion", "--data-dir", synthetic_data)
+    assert result.exit_code == 1 and "alias='champion' is the registry's own" in result.output
+    assert mlflow.search_runs(search_all_experiments=True, filter_string="tags.`wbc.kind` = 'adapt'").empty
+
+    result = invoke("adapt", lab, "--alias", "lab-b", "--data-dir", synthetic_data, "--no-onnx")
+    assert result.exit_code == 0, result.output
+    assert "adapted on 18 of the lab's images" in result.output and "lab cells" not in result.output
+    version = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-b")
+    assert version.tags["adapted_for"] == "lab-b"
+
+
+def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_others(champion, synthetic_data, tmp_path):
+    trained, _ = champion
+    lab = _lab(tmp_path / "lab-c", labelled=True)
+    result = invoke("adapt", lab, "--alias", "lab-c", "--labelled-per-class", 3, "--steps", 30, "--data-dir", synthetic_data,
+                    "--no-onnx")
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned on 9 labelled cells" in result.output and "9 held-out lab cells after" in result.output
+    run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
+    params, metrics = run.data.params, run.data.metrics
+    assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"].startswith("AdaBN + few-shot")
+    assert metrics["lab_after_acc_present"] > metrics["lab_before_acc_present"], "the lab's held-out cells gained"
+    source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
+    served = Predictor.load("models:/wbc-classifier@lab-c", runtime="torch")
+    weights = dict(served.model.named_parameters())
+    assert any(not torch.equal(value, weights[name]) for name, value in source.model.named_parameters()), "fine-tuned"
+
+    unlabelled = _lab(tmp_path / "lab-d", labelled=False)
+    result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)
+    assert result.exit_code == 1 and "needs labelled cells" in result.output
+

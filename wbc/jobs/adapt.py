@@ -1,0 +1,172 @@
+"""``wbc adapt``: a lab brings its own images and leaves with a model for them, registered under the lab's alias.
+
+Always, without labels: the batch-norm statistics are re-estimated on all the lab's images
+(:mod:`wbc.training.adaptation`) and the out-of-distribution threshold is refitted on them (the share of the lab's
+cells it flags becomes ``flag_rate``). With ``labelled_per_class`` N > 0 and a labelled folder (``<class>/<image>``),
+the network is then fine-tuned on up to N cells of each class (seeded), half of each batch replaying PBC training
+images so the classes the lab did not label are still predicted, and temperature and review threshold are refitted
+on PBC ``valid``; the lab's other cells are held out to measure. Otherwise the labels only measure. Either way it
+reports accuracy on the lab's (held-out) cells and on PBC ``valid``, before and after, and how the flags fall. The
+run (kind ``adapt``) records the lab's images as its dataset; the model is registered as a new version under the
+lab's alias, never as ``@champion``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from wbc import defaults
+from wbc.classes import CLASS_NAMES
+from wbc.data import BarcelonaDataset, DatasetError, LabelledFolder, image_files, load_folder, load_split, load_unlabelled
+from wbc.evaluation.calibration import DEFAULT_FLAG_RATE, calibrate
+from wbc.evaluation.reports import Evaluation
+from wbc.inference import Predictor, export_metrics, export_model
+from wbc.serving.pyfunc import log_pyfunc_model
+from wbc.tracking.registry import check_lab_alias, register_adapted
+from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
+from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
+
+
+@dataclass
+class AdaptResult:
+    run_id: str
+    version: str
+    alias: str
+    images: int
+    """The lab's images the statistics were re-estimated on."""
+    tuned: int
+    """Labelled cells the network was fine-tuned on (0: no labels used)."""
+    measured: int
+    """Labelled cells the before/after accuracy is measured on (held out from the fine-tuning)."""
+    lab_before: Evaluation | None
+    """On the lab's labelled cells (None: the folder has no labels)."""
+    lab_after: Evaluation | None
+    valid_before: Evaluation
+    valid_after: Evaluation
+
+    def summary(self) -> str:
+        """What ``wbc adapt`` prints: before and after, on the lab's cells and on PBC valid."""
+        how = f"fine-tuned on {self.tuned} labelled cells, " if self.tuned else ""
+        lines = [f"adapted on {self.images} of the lab's images ({how}batch-norm statistics, out-of-distribution threshold)"]
+        if self.lab_before is not None:
+            cells = f"{self.measured} held-out lab cells" if self.tuned else f"{self.measured} lab cells"
+            for name, evaluation in (("before", self.lab_before), ("after", self.lab_after)):
+                flags = evaluation.flags
+                lines.append(f"{cells} {name}: accuracy {evaluation.present_accuracy:.4f} among the classes present "
+                             f"({evaluation.accuracy:.4f} over the eight)"
+                             + (f", flagged {100 * flags.out_of_distribution:.1f} %" if flags else ""))
+        for name, evaluation in (("before", self.valid_before), ("after", self.valid_after)):
+            lines.append(f"PBC valid {name}: accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}")
+        lines.append(f"run {self.run_id}; registered as {defaults.MODEL_NAME} version {self.version}, now "
+                     f"models:/{defaults.MODEL_NAME}@{self.alias}")
+        return "\n".join(lines)
+
+
+def _scores(predictor: Predictor, dataset) -> Evaluation:
+    scores = predictor.score_pixels(dataset.pixels)
+    calibration = predictor.calibration
+    in_distribution = calibration.in_distribution(scores.in_distribution_score) if calibration else None
+    review = calibration.needs_review(scores.probabilities.max(axis=1)) if calibration else None
+    return Evaluation.from_scores(dataset.targets, scores.probabilities, in_distribution, review)
+
+
+REPLAY_PER_CLASS = 40
+"""PBC training images per class replayed while fine-tuning on a lab's cells."""
+
+
+def _split_per_class(targets: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of up to ``per_class`` cells of each class (drawn with ``seed``) and of the rest."""
+    rng = np.random.default_rng(seed)
+    tuning = []
+    for target in np.unique(targets):
+        members = np.flatnonzero(targets == target)
+        tuning += sorted(rng.choice(members, size=min(per_class, len(members)), replace=False).tolist())
+    tuning = np.asarray(sorted(tuning), dtype=np.int64)
+    return tuning, np.setdiff1d(np.arange(len(targets)), tuning)
+
+
+def adapt_model(
+    model: str,
+    images: str | Path,
+    alias: str,
+    *,
+    data_dir: str = defaults.DATA_DIR,
+    experiment: str = defaults.EXPERIMENT,
+    output_dir: str = defaults.OUTPUT_DIR,
+    flag_rate: float = DEFAULT_FLAG_RATE,
+    labelled_per_class: int = 0,
+    steps: int = 60,
+    seed: int = 0,
+    onnx: bool = True,
+    cache_dir: str | None = None,
+) -> AdaptResult:
+    """Adapt ``model`` to the lab's ``images`` without labels and register it as ``@alias`` (see the module). Raises
+    :class:`~wbc.tracking.registry.RegistryError` for a reserved alias and :class:`~wbc.data.DatasetError` for missing
+    images or PBC data, before any work."""
+    check_lab_alias(alias)
+    try:
+        labelled = LabelledFolder(images)
+    except DatasetError as error:
+        if "no class folders" not in str(error):
+            raise
+        labelled = None
+    image_files(images)
+    if labelled_per_class and labelled is None:
+        raise DatasetError(f"{images}: labelled_per_class={labelled_per_class} needs labelled cells: <folder>/<class>/<image>")
+    BarcelonaDataset(data_dir, "valid")
+    if labelled_per_class:
+        BarcelonaDataset(data_dir, "train")
+
+    predictor = Predictor.load(model, runtime="torch")
+    size = predictor.image_size
+    lab = load_folder(images, size, cache_dir=cache_dir) if labelled else load_unlabelled(images, size, cache_dir=cache_dir)
+    valid = load_split(data_dir, "valid", size, cache_dir=cache_dir)
+    if predictor.calibration is None:
+        predictor.calibration, _ = calibrate(predictor, valid)
+    tuning, held_out = _split_per_class(lab.targets, labelled_per_class, seed) if labelled_per_class else ([], None)
+    measured = lab.subset(held_out) if held_out is not None else lab
+    lab_before = _scores(predictor, measured) if labelled else None
+    valid_before = _scores(predictor, valid)
+
+    reestimate_batch_norm(predictor.model, lab.pixels)
+    if labelled_per_class:
+        replay = load_split(data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS, cache_dir=cache_dir)
+        fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], replay_pixels=replay.pixels,
+                           replay_targets=replay.targets, steps=steps, seed=seed)
+        predictor.calibration, _ = calibrate(predictor, valid)  # the network changed: its temperature too
+    lab_scores = predictor.score_pixels(lab.pixels).in_distribution_score
+    predictor.calibration = replace(predictor.calibration, flag_rate=flag_rate,
+                                    ood_threshold=float(np.quantile(lab_scores, flag_rate, method="lower")))
+    lab_after = _scores(predictor, measured) if labelled else None
+    valid_after = _scores(predictor, valid)
+
+    configure_tracking(experiment)
+    lab_name = Path(images).resolve().name
+    with mlflow.start_run(run_name=f"adapt to {lab_name} ({alias})", tags=run_tags(**{RUN_KIND_TAG: "adapt"})) as run:
+        log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
+                         "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
+                         "seed": seed, "held_out": len(measured) if labelled else 0,
+                         "method": ("AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN") + " + out-of-distribution threshold",
+                         "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
+                         "data_dir": str(Path(data_dir).resolve())})
+        mlflow.log_input(mlflow.data.from_pandas(
+            pd.DataFrame({"file": lab.paths, "class": [CLASS_NAMES[t] if t >= 0 else "" for t in lab.targets]}),
+            source=str(Path(images).resolve()), name=lab_name), context="adaptation")
+        metrics = {}
+        for name, evaluation in (("lab_before", lab_before), ("lab_after", lab_after), ("valid_before", valid_before),
+                                 ("valid_after", valid_after)):
+            if evaluation is not None:
+                metrics |= evaluation.metrics(name)
+        mlflow.log_metrics(metrics)
+        export_dir = Path(output_dir).resolve() / run.info.run_id / "model"
+        export_model(predictor.model, size, export_dir, predictor.calibration, onnx=onnx, check_images=valid.pixels)
+        mlflow.log_metrics(export_metrics(export_dir))
+        log_pyfunc_model(export_dir, example_image=valid.paths[0])
+    version = register_adapted(run.info.run_id, alias, source=model)
+    return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if labelled else 0,
+                       lab_before, lab_after, valid_before, valid_after)

@@ -1,0 +1,82 @@
+"""Adapting a trained model to a lab's own images without labels: batch-norm statistics re-estimated on them
+(AdaBN, Li et al. 2016), with PyTorch's own ``torch.optim.swa_utils.update_bn``. Batch-norm statistics are a main
+cause of the collapse of a one-lab model on another lab's cells (Tsutsui et al. 2023)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import DataLoader, TensorDataset
+
+from wbc.models import Classifier
+
+
+def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def reestimate_batch_norm(model: Classifier, pixels: np.ndarray, batch_size: int = 32) -> int:
+    """Replace every batch-norm layer's running mean and variance by the statistics of ``pixels`` (uint8 (N, 3, S, S),
+    the lab's images at the model's size), averaged over all of them; the weights stay. Returns the number of layers.
+    The model is left in eval mode."""
+    if len(pixels) == 0:
+        raise ValueError("no images to re-estimate batch-norm statistics on")
+    images = torch.from_numpy(np.asarray(pixels))
+    # each batch counts once in the average: a short last batch is left out when there are full ones
+    loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False, drop_last=len(images) > batch_size)
+    with torch.inference_mode(False):
+        update_bn(loader, model)
+    model.eval()
+    return len(batch_norm_layers(model))
+
+
+def fine_tune_few_shot(
+    model: Classifier,
+    pixels: np.ndarray,
+    targets: np.ndarray,
+    *,
+    replay_pixels: np.ndarray | None = None,
+    replay_targets: np.ndarray | None = None,
+    steps: int = 60,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    seed: int = 0,
+) -> list[float]:
+    """Fine-tune the whole network on a lab's few labelled cells (``pixels`` uint8 (N, 3, S, S), ``targets`` class
+    indices), with flips, 90-degree turns and light colour jitter, AdamW at ``lr`` for ``steps`` steps of
+    ``batch_size``; batch-norm layers stay in eval mode (their statistics are the lab's, from
+    :func:`reestimate_batch_norm`). With ``replay_*`` (training images of every class) half of each batch is drawn
+    from them, so the classes the lab did not label are still predicted. Returns the loss of each step; the model is
+    left in eval mode. The few-shot recipe follows Chossegros et al. 2024."""
+    from wbc.data.augmentation import train_augmentation
+
+    generator = torch.Generator().manual_seed(seed)
+    augment = train_augmentation()
+    lab = torch.from_numpy(np.asarray(pixels)), torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    replay = None
+    if replay_pixels is not None and len(replay_pixels):
+        replay = torch.from_numpy(np.asarray(replay_pixels)), torch.as_tensor(np.asarray(replay_targets), dtype=torch.long)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    norms = batch_norm_layers(model)
+    losses = []
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)  # the augmentation's draws
+        model.train()
+        for norm in norms:
+            norm.eval()
+        for _ in range(steps):
+            lab_count = batch_size if replay is None else max(1, batch_size // 2)
+            chosen = torch.randint(len(lab[0]), (lab_count,), generator=generator)
+            images, labels = lab[0][chosen], lab[1][chosen]
+            if replay is not None:
+                extra = torch.randint(len(replay[0]), (batch_size - lab_count,), generator=generator)
+                images, labels = torch.cat([images, replay[0][extra]]), torch.cat([labels, replay[1][extra]])
+            images = torch.stack([augment(image) for image in images])
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+    model.eval()
+    return losses
