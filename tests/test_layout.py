@@ -206,7 +206,8 @@ def _entry_point_command(entry: dict) -> tuple[click.Command, list[str]]:
 
 def test_every_mlproject_entry_point_states_only_what_its_command_does_not_default_to():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-    assert set(entry_points) == {"main", "scratch", "transfer", "finetune", "evaluate", "shiftbench", "register", "predict", "compare"}
+    assert set(entry_points) == {"main", "scratch", "transfer", "finetune", "evaluate", "shiftbench", "register", "predict", "compare",
+                                 "adapt"}
     for name, entry in entry_points.items():
         command, words = _entry_point_command(entry)
         options = {flag: param for param in command.params for flag in getattr(param, "opts", [])}
@@ -245,7 +246,7 @@ def test_every_mlproject_entry_point_states_only_what_its_command_does_not_defau
             index += 1
         assert used == set(declared), f"{name}: declared but unused {set(declared) - used}"
     # every option also answers to the spelling `mlflow run -P name=value` appends (--name_with_underscores)
-    for name in ("train", "main", "evaluate", "shiftbench", "register", "predict", "compare"):
+    for name in ("train", "main", "evaluate", "shiftbench", "register", "predict", "compare", "adapt"):
         for param in _command(name).params:
             flag = param.opts[0] if isinstance(param, click.Option) else ""
             if "-" in flag[2:] and not param.is_flag and not param.multiple:

@@ -1,0 +1,76 @@
+"""A model on another lab's cells: zero-shot, adapted without labels, and fine-tuned on a few labelled cells.
+
+Usage: python benchmarks/other_lab.py MODEL [--images ../shared/data/other-lab] [--data-dir ../shared/data]
+       [--per-class 10] [--seeds 5] [--steps 60]
+
+Every figure comes from ``wbc adapt`` itself (``wbc.jobs.adapt.adapt_model``), each call logged to a scratch MLflow
+store under this run's folder. Protocol for the labelled rows: for each seed, ``--per-class`` cells of every class
+are drawn to fine-tune on and the lab's other cells measure (accuracy among the classes present); the table gives
+the mean and the range over the seeds. The label-free row re-estimates batch-norm statistics on all the lab's images
+and measures on all of them (their labels are never used to adapt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--images", default="../shared/data/other-lab")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+
+    from wbc._process import tune_malloc_and_reexec
+
+    tune_malloc_and_reexec()
+    scratch = tempfile.mkdtemp(prefix="wbc-other-lab-")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
+    import mlflow
+
+    from wbc.jobs.adapt import adapt_model
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+
+    label_free = adapt_model(model, args.images, "bench-unlabelled", data_dir=args.data_dir, onnx=False,
+                             output_dir=f"{scratch}/outputs")
+    rows = [("zero-shot", label_free.lab_before, label_free.valid_before),
+            ("batch-norm statistics (no labels)", label_free.lab_after, label_free.valid_after)]
+    tuned = [adapt_model(model, args.images, f"bench-{seed}", data_dir=args.data_dir, labelled_per_class=args.per_class,
+                         steps=args.steps, seed=seed, onnx=False, output_dir=f"{scratch}/outputs")
+             for seed in range(args.seeds)]
+
+    def line(name, lab, valid):
+        flags = lab.flags
+        return (f"| {name} | {100 * lab.present_accuracy:.1f} | {100 * lab.accuracy:.1f} | "
+                f"{100 * flags.out_of_distribution:.0f} | {_pct(flags.error_flagged)} / {_pct(flags.error_unflagged)} | "
+                f"{100 * valid.accuracy:.2f} |")
+
+    print("| model | other lab, 5 classes % | over 8 classes % | flagged % | error flagged / unflagged % | PBC valid % |")
+    print("|---|---|---|---|---|---|")
+    for name, lab, valid in rows:
+        print(line(name, lab, valid))
+    for when in ("before", "after"):
+        accuracies = [100 * getattr(result, f"lab_{when}").present_accuracy for result in tuned]
+        valids = [100 * getattr(result, f"valid_{when}").accuracy for result in tuned]
+        print(f"| {args.per_class}/class fine-tuned, {when}, held-out cells ({tuned[0].measured}), {args.seeds} seeds | "
+              f"{statistics.mean(accuracies):.1f} ({min(accuracies):.1f}-{max(accuracies):.1f}) | | | | "
+              f"{statistics.mean(valids):.2f} |")
+    print(f"(scratch store: {scratch})")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}"
+
+
+if __name__ == "__main__":
+    main()
