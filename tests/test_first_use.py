@@ -74,3 +74,23 @@ def test_settings_are_checked_before_anything_is_announced_or_started(synthetic_
     result = invoke("train", "--data-dir", synthetic_data, "--output-dir", tmp_path / "a-file" / "outputs")
     assert result.exit_code == 1 and result.output.startswith("Error: output_dir=") and "cannot create it" in result.output
     assert _train_runs() == []
+
+
+def test_nothing_to_do_is_said_before_anything_is_written_or_announced(synthetic_data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "predictions.csv").write_text("an earlier result\n")
+    result = invoke("predict", tmp_path / "empty", "--model", tmp_path)
+    assert result.exit_code == 1 and "no files to classify" in result.output
+    assert (tmp_path / "predictions.csv").read_text() == "an earlier result\n", "the earlier CSV is left alone"
+
+    for command in (["train"], ["main"]):
+        result = invoke(*command, "--resume", "last", "--data-dir", synthetic_data)
+        assert result.exit_code == 1 and result.output.startswith("Error: resume='last': there is no MLflow store at")
+        assert "time budget" not in result.output
+    assert not (tmp_path / "mlflow.db").exists(), "looking for a run to resume creates no store"
+
+    result = invoke("evaluate", "--split", "test", "--data-dir", synthetic_data.parent / "nowhere")
+    assert result.exit_code == 1
+    (tmp_path / "data" / "barcelona" / "valid").mkdir(parents=True)
+    result = invoke("evaluate", "--split", "test", "--data-dir", tmp_path / "data")
+    assert result.exit_code == 1 and "the PBC test split is the held-out set, not shipped" in result.output

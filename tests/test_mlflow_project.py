@@ -217,7 +217,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     assert response.status_code == 200
     rows = response.json()["predictions"]
     assert rows[0]["label"] in CLASS_NAMES and rows[0]["error"] == ""
-    assert pd.isna(rows[1]["label"]) and pd.isna(rows[1]["confidence"]) and "not an image" in rows[1]["error"]
+    assert rows[1]["label"] == "" and rows[1]["confidence"] is None and "not an image" in rows[1]["error"]
+    assert "NaN" not in response.text, "strict JSON: a missing number is null"
 
 
 def test_an_entry_point_passes_on_parameters_it_does_not_declare(synthetic_data, tmp_path):

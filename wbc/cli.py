@@ -75,11 +75,11 @@ _experiment_option = click.option("--experiment", default=defaults.EXPERIMENT, s
 
 
 
-def _click_option(item, default):
+def _click_option(item, default, hidden: bool = False):
     """The click option of a settings field (:func:`wbc.training.config.setting`), with ``default``."""
     meta = item.metadata
     flag = meta["flag"] or "--" + item.name.replace("_", "-")
-    settings = dict(help=meta["help"], metavar=meta["metavar"])
+    settings = dict(help=meta["help"], metavar=meta["metavar"], hidden=hidden)
     if meta["default_text"] and default == default_of(item):
         settings["show_default"] = meta["default_text"]
     else:
@@ -95,22 +95,24 @@ def _click_option(item, default):
         from wbc.models import list_models
 
         settings["type"] = click.Choice(list_models())
+    elif item.name.endswith("_dir"):
+        settings["type"] = click.Path(file_okay=False)
     elif kind in ("int", "float") and (meta["low"] is not None or meta["high"] is not None):
         bounds = dict(min=meta["low"], max=meta["high"], min_open=meta["low_open"], max_open=meta["high_open"])
         settings["type"] = click.IntRange(**bounds) if kind == "int" else click.FloatRange(**bounds)
     return click.option(*_option_names(flag), item.name, default=default, **settings)
 
 
-def settings_options(settings_class, defaults_from=None):
+def settings_options(settings_class, defaults_from=None, hidden: tuple[str, ...] = ()):
     """A decorator that adds one option per field of ``settings_class`` that has one; defaults from the instance
-    ``defaults_from`` (default: the class's own)."""
+    ``defaults_from`` (default: the class's own); the ``hidden`` ones are accepted but not listed in ``--help``."""
 
     def decorate(function):
         for item in reversed(fields(settings_class)):
             if not item.metadata.get("option"):
                 continue
             default = getattr(defaults_from, item.name) if defaults_from is not None else default_of(item)
-            function = _click_option(item, default)(function)
+            function = _click_option(item, default, hidden=item.name in hidden)(function)
         return function
 
     return decorate
@@ -171,7 +173,7 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 
 
 @cli.command("main")
-@settings_options(TrainConfig, defaults_from=main_config())
+@settings_options(TrainConfig, defaults_from=main_config(), hidden=("shiftbench",))
 @settings_options(MainSettings)
 @_user_errors
 def main_job(robust_epochs: int, time_budget: float, **options) -> None:
@@ -232,7 +234,8 @@ def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta)
     result = run_shiftbench(predictor, data_dir, seed=seed, limit_per_class=limit_per_class, cache_dir=cache_dir)
     run_id = log_shiftbench(result, model, data_dir, experiment, tta)
-    click.echo(result.summary())
+    click.echo(f"model: {_model_line(model)}")
+    click.echo("shifted validation benchmark (percent):\n" + result.summary())
     click.echo(f"shiftbench run {run_id}: shiftbench.csv, shiftbench.png")
 
 

@@ -125,6 +125,9 @@ class BarcelonaDataset(ImageFolder):
                 f"data root {self.data_root} does not exist: point data_dir at the folder that holds barcelona/, "
                 + how_to_get(self.data_root)
             )
+        if not split_dir.is_dir() and split == "test":
+            raise DatasetError(f"split folder {split_dir} does not exist: the PBC test split is the held-out set, not "
+                               "shipped; score on valid, or on a lab's folder with --images")
         if not split_dir.is_dir():
             raise DatasetError(
                 f"split folder {split_dir} does not exist: expected <data_dir>/barcelona/{split}/<class>/*.jpg, " + how_to_get(self.data_root)

@@ -26,13 +26,17 @@ class AveragedRun:
     """The second model's share in the kept average."""
     tried: dict[float, float] = field(default_factory=dict)
     """Valid accuracy by weight tried (when several were given)."""
+    min_accuracy: float = 0.0
+    """The floor the kept weight had to reach on valid (when several were given)."""
 
     def summary(self) -> str:
         """What ``wbc average`` prints."""
         lines = []
         if self.tried:
+            fallback = (f" (none reached {self.min_accuracy:.4f}: the most accurate)"
+                        if self.tried[self.weight] < self.min_accuracy - 1e-9 else "")
             lines.append("valid accuracy by weight on the second model (weight:accuracy): "
-                         + " ".join(f"{w:g}:{a:.6f}" for w, a in self.tried.items()) + f"; kept {self.weight:g}")
+                         + " ".join(f"{w:g}:{a:.6f}" for w, a in self.tried.items()) + f"; kept {self.weight:g}{fallback}")
         evaluation = self.logged.evaluation
         lines.append(f"run {self.run_id}: valid accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}")
         if self.logged.shiftbench is not None:
@@ -87,4 +91,4 @@ def average_run(
         logged = log_model_run(model, image_size, valid, export_dir, data_dir=data_dir, shiftbench=shiftbench,
                                onnx=onnx, int8=int8, cache_dir=cache_dir, progress=progress)
         mlflow.log_metric("train_minutes", (time.perf_counter() - started) / 60)
-    return AveragedRun(run.info.run_id, logged, weight, tried)
+    return AveragedRun(run.info.run_id, logged, weight, tried, min_accuracy)

@@ -13,6 +13,7 @@ from wbc.classes import CLASS_NAMES
 from wbc.data import BarcelonaDataset, LabelledFolder, load_folder, load_split
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor
+from wbc.tracking.registry import version_params
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -72,7 +73,7 @@ def evaluate_model(
         name = Path(images).resolve().name if images is not None else split
         with mlflow.start_run(run_name=f"evaluate {model} on {name}", tags=run_tags(**{RUN_KIND_TAG: "evaluate"})):
             log_params_once(
-                {"model_uri": model, "split": split if images is None else "", "data_dir": source if images is None else "",
+                version_params(model) | {"model_uri": model, "split": split if images is None else "", "data_dir": source if images is None else "",
                  "images": source if images is not None else "", "size": len(dataset), "tta": tta, "runtime": predictor.runtime,
                  "classes_present": ",".join(CLASS_NAMES[i] for i in evaluation.present_classes)}
             )

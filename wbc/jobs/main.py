@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 import mlflow
 
 from wbc.jobs.average import AveragedRun, average_run
-from wbc.jobs.train import TrainResult, run_name, train
+from wbc.jobs.train import TrainResult, resumable_run, run_name, train
 from wbc.tracking.registry import DEFAULT_METRIC, Registration, clean_accuracy_floor, register_best
 from wbc.tracking.runs import configure_tracking, project_run_experiment
 from wbc.training.config import ConfigError, TrainConfig
@@ -52,6 +52,8 @@ def run_main(config: TrainConfig, settings: MainSettings | None = None, *,
         raise ConfigError("shiftbench=False: wbc main ranks its stages on val_robust_acc, which the shifted benchmark "
                           "measures; drop --no-shiftbench (for a quick model without it: wbc train --no-shiftbench)")
     config = config.validate()
+    if config.resume:
+        resumable_run(config)  # before anything is announced
     for item in fields(settings):
         if getattr(settings, item.name) < item.metadata["low"]:
             raise ConfigError(f"{item.name}={getattr(settings, item.name)!r} is invalid: expected {item.metadata['low']} or more")
@@ -64,6 +66,8 @@ def run_main(config: TrainConfig, settings: MainSettings | None = None, *,
     if time_budget and not config.max_time:
         config = replace(config, max_time=stage1_minutes(time_budget, robust_epochs))
         echo(f"time budget {time_budget:g} min: stage 1 trains for at most {config.max_time:.1f} min")
+    echo(f"stage 1: {run_name(config)}, {config.epochs} epoch{'s' * (config.epochs != 1)}"
+         + (f", continuing run {config.resume}" if config.resume else ""))
     first = train(replace(config, run_name=config.run_name or f"main stage 1: {run_name(config)}"))
     if first is None:
         return None
@@ -78,7 +82,7 @@ def run_main(config: TrainConfig, settings: MainSettings | None = None, *,
             robust_epochs = 0
     second = averaged = None
     if robust_epochs:
-        echo(f"stage 2: {robust_epochs} epochs from run {first.run_id} with --augment robust"
+        echo(f"stage 2: {robust_epochs} epoch{'s' * (robust_epochs != 1)} from run {first.run_id} with --augment robust"
              + (f", training for at most {stage2_cap:.1f} min" if stage2_cap else ""))
         # stage 2 continues what stage 1 really was (a resumed stage 1 ran with the settings its run logged)
         stage1 = config.from_logged_params(mlflow.MlflowClient().get_run(first.run_id).data.params)

@@ -10,7 +10,7 @@ import mlflow
 
 from wbc.evaluation.shiftbench import ShiftBenchResult
 from wbc.tracking.model_logging import log_shiftbench_here
-from wbc.tracking.registry import source_run_id
+from wbc.tracking.registry import source_run_id, version_params
 from wbc.tracking.runs import BENCHMARK_TAG, RUN_KIND_TAG, benchmark_tag, configure_tracking, log_params_once, run_tags
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def log_shiftbench(result: ShiftBenchResult, model: str, data_dir: str, experime
     configure_tracking(experiment)
     with mlflow.start_run(run_name=f"shiftbench {model}", tags=run_tags(**{RUN_KIND_TAG: "shiftbench"})) as run:
         log_params_once(
-            {"model_uri": model, "data_dir": str(Path(data_dir).resolve()), "seed": result.seed, "tta": tta,
+            version_params(model) | {"model_uri": model, "data_dir": str(Path(data_dir).resolve()), "seed": result.seed, "tta": tta,
              "calibration": result.calibration_source, "conditions": int(result.table.shape[0]), "runtime": result.runtime}
         )
         log_shiftbench_here(result, title=model)

@@ -72,8 +72,7 @@ def train(config: TrainConfig) -> TrainResult | None:
     tracking = is_global_zero()
     resumed = None
     if config.resume:
-        configure_tracking(config.experiment)
-        resumed = find_resumable_run(config.resume, config.experiment)
+        resumed = resumable_run(config)
         config = config.from_logged_params(resumed.data.params)
     config = config.validate()
     with teacher_errors():
@@ -93,6 +92,8 @@ def train(config: TrainConfig) -> TrainResult | None:
             tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags), nested=mlflow.active_run() is not None
         )
     with run_context as run:
+        if run is not None and resumed is None:
+            mlflow.set_tag("mlflow.runName", config.run_name or run_name(config))  # also names the run `mlflow run` made
         started = time.perf_counter()
         module_arguments = config.module_arguments()
         module_arguments["pretrained"] &= resumed is None and not config.init_from
@@ -116,8 +117,6 @@ def train(config: TrainConfig) -> TrainResult | None:
             # the checkpoint folder is rank 0's; Lightning broadcasts it to the other ranks
             checkpoint_dir = Path(config.output_dir).resolve() / "non-zero-rank"
         else:
-            if resumed is None:
-                mlflow.set_tag("mlflow.runName", config.run_name or run_name(config))
             _log_training_params(config, module, datamodule)
             checkpoint_dir = _checkpoint_dir(resumed) if resumed else Path(config.output_dir).resolve() / run.info.run_id / "checkpoints"
             mlflow.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir), **({"wbc.resumed": "true"} if resumed else {})})
@@ -199,6 +198,14 @@ def _trained_elsewhere(run) -> int | None:
     if CHECKPOINT_DIR_TAG not in run.data.tags:
         return None
     return lock_holder(_checkpoint_dir(run).parent / TRAINING_LOCK)
+
+
+def resumable_run(config: TrainConfig):
+    """The run ``config.resume`` names, checked resumable, without creating a store or an experiment on the way."""
+    store = configure_tracking(experiment=None)
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists():
+        raise ConfigError(f"resume={config.resume!r}: there is no MLflow store at {store}, so no run to resume")
+    return find_resumable_run(config.resume, config.experiment)
 
 
 def find_resumable_run(resume: str, experiment: str):

@@ -1,4 +1,5 @@
-"""Model registry and builders: ``build_model(arch, num_classes=8, pretrained=...)``."""
+"""Models: one builder per architecture, each with its record (:class:`ModelSpec`), and the architecture registry:
+``build_model(arch, num_classes=8, pretrained=...)``, ``list_models()``, ``get_spec(arch)``."""
 
 from wbc.models import efficientnet_lite, scratch, torchvision_nets  # noqa: F401  (registers the builders)
 from wbc.models.spec import ModelSpec

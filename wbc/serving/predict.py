@@ -21,6 +21,8 @@ class InputNotFound(WBCError, FileNotFoundError):
 def predict_files(paths, model: str, batch_size: int = defaults.SCORING_BATCH, tta: bool = False, runtime: str = "auto") -> pd.DataFrame:
     """One row per file: ``file`` and :data:`wbc.serving.tables.OUTPUT_COLUMNS`."""
     files = iter_image_files(paths)  # a missing path fails before the model loads
+    if not files:
+        raise InputNotFound(f"{', '.join(map(str, paths))}: no files to classify")
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
     frames = []
     for start in range(0, len(files), batch_size):

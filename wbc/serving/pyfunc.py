@@ -83,7 +83,8 @@ class WBCImageClassifier(mlflow.pyfunc.PythonModel):
         )
         if predictions and all(p.error for p in predictions):
             raise MlflowException("; ".join(p.error for p in predictions[:5]), INVALID_PARAMETER_VALUE)
-        return predictions_frame(predictions, index=model_input.index)
+        frame = predictions_frame(predictions, index=model_input.index)
+        return frame.astype(object).where(frame.notna(), None)  # JSON null, not NaN (which strict JSON parsers refuse)
 
 
 def encode_image_file(path: str | Path) -> str:

@@ -16,13 +16,14 @@ OUTPUT_COLUMNS = ["label", "confidence", *PROBABILITY_COLUMNS, *FLAG_COLUMNS, "e
 
 
 def predictions_frame(predictions: list[Prediction], index=None) -> pd.DataFrame:
-    """One row per prediction with :data:`OUTPUT_COLUMNS` (used by the served model and ``wbc predict``)."""
+    """One row per prediction with :data:`OUTPUT_COLUMNS` (used by the served model and ``wbc predict``); a row that
+    could not be scored has an empty label, no numbers and the reason in ``error``."""
     rows = []
     for prediction in predictions:
         probabilities = prediction.probabilities if prediction.probabilities is not None else [np.nan] * len(CLASS_NAMES)
         rows.append(
             [
-                prediction.label,
+                prediction.label or "",
                 prediction.confidence,
                 *map(float, probabilities),
                 prediction.in_distribution_score,

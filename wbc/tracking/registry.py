@@ -1,6 +1,7 @@
 """Register the best finished training run in the MLflow model registry and manage its aliases.
 
-The best run of an experiment (by a metric, default ``best_val_f1``) is registered as a version
+The best run of an experiment (by a metric, default ``val_robust_acc``, among the runs within 0.3 points of the best
+clean validation accuracy) is registered as a version
 of ``wbc-classifier``. Alias ``champion`` moves to it only when it beats the current champion,
 which then keeps alias ``previous``; a candidate that does not beat the champion gets
 ``challenger``. Each version records the metric, its value and the run id as tags.
@@ -285,6 +286,13 @@ def source_run_id(model: str) -> str | None:
         return client.get_model_version_by_alias(name, alias).run_id
     name, _, version = reference.rpartition("/")
     return client.get_model_version(name, version).run_id
+
+
+def version_params(model: str) -> dict[str, str]:
+    """What a run that scored ``model`` records about it: for a registered name or alias, the version and the training
+    run behind it now (an alias moves later); nothing for other references."""
+    version = registered_version(model)
+    return {} if version is None else {"model_version": f"{version.name}/{version.version}", "model_run_id": version.run_id}
 
 
 def registered_version(model: str):

@@ -103,10 +103,10 @@ class TrainConfig:
     seed: int = setting(0, "Random seed (weights, batches, augmentation).", resumable=True)
     max_time: float = setting(0.0, "Stop training after this many minutes, with the learning-rate decay fitted to end then; "
                               "0 = no limit.", low=0, resumable=True, default_text="no limit")
-    limit_per_class: int = setting(0, "Use at most N images per class in each split (0 = all).", low=0, resumable=True)
+    limit_per_class: int = setting(0, "Use at most N images per class in each split (0 = all); the shifted benchmark "
+                                   "after training still scores all of valid, so runs compare.", low=0, resumable=True)
     num_workers: int = setting(0, "DataLoader worker processes.", low=0, high=256)
-    cache_dir: str | None = setting(None, "Decoded-image cache.", metavar="DIRECTORY",
-                                    default_text="$WBC_CACHE_DIR or ~/.cache/wbc")
+    cache_dir: str | None = setting(None, "Decoded-image cache.", default_text="$WBC_CACHE_DIR or ~/.cache/wbc")
     shiftbench: bool = setting(True, "After training, score the model on the shifted validation benchmark "
                                "(val_robust_acc, what wbc register selects on).")
     onnx: bool = setting(True, "Export the logged model's ONNX flavour too (served faster by ONNX Runtime); --no-onnx saves "
