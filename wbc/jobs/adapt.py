@@ -13,6 +13,7 @@ lab's alias, never as ``@champion``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -154,9 +155,12 @@ def adapt_model(
                          "method": ("AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN") + " + out-of-distribution threshold",
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
                          "data_dir": str(Path(data_dir).resolve())})
-        mlflow.log_input(mlflow.data.from_pandas(
-            pd.DataFrame({"file": lab.paths, "class": [CLASS_NAMES[t] if t >= 0 else "" for t in lab.targets]}),
-            source=str(Path(images).resolve()), name=lab_name), context="adaptation")
+        with warnings.catch_warnings():  # MLflow 3.17 registers its local-path source class twice and says so
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_pandas(
+                pd.DataFrame({"file": lab.paths, "class": [CLASS_NAMES[t] if t >= 0 else "" for t in lab.targets]}),
+                source=str(Path(images).resolve()), name=lab_name)
+        mlflow.log_input(dataset, context="adaptation")
         metrics = {}
         for name, evaluation in (("lab_before", lab_before), ("lab_after", lab_after), ("valid_before", valid_before),
                                  ("valid_after", valid_after)):

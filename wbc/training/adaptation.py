@@ -77,6 +77,6 @@ def fine_tune_few_shot(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     model.eval()
     return losses
