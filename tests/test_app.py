@@ -155,3 +155,7 @@ def test_api_refuses_requests_with_nothing_to_classify(app_url):
     assert requests.post(f"{app_url}/api/classify", timeout=30).status_code == 400
     bad_zip = requests.post(f"{app_url}/api/classify", files={"files": ("x.zip", io.BytesIO(b"PK\x03\x04broken"))}, timeout=30)
     assert bad_zip.status_code == 400 and "not a readable zip" in bad_zip.json()["detail"]
+    empty = io.BytesIO()
+    zipfile.ZipFile(empty, "w").close()
+    empty_zip = requests.post(f"{app_url}/api/classify", files={"files": ("cells.zip", io.BytesIO(empty.getvalue()))}, timeout=30)
+    assert empty_zip.status_code == 400 and "cells.zip: the zip archive holds no image files" in empty_zip.json()["detail"]

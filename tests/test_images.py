@@ -93,3 +93,56 @@ def test_bad_inputs_raise_one_line_errors_naming_the_file(tmp_path, rgb):
             decode_image(tmp_path / name, 32)
         message = str(caught.value)
         assert name in message and reason in message and "\n" not in message, message
+
+
+def _cell(seed: int = 0) -> Image.Image:
+    from conftest import cell_image
+
+    return cell_image("monocyte", seed, size=48).crop((0, 0, 48, 40))  # not square: a turn shows
+
+
+@pytest.mark.parametrize("orientation, stored", [(6, Image.Transpose.ROTATE_90), (3, Image.Transpose.ROTATE_180),
+                                                 (8, Image.Transpose.ROTATE_270), (2, Image.Transpose.FLIP_LEFT_RIGHT)])
+def test_the_exif_orientation_a_camera_wrote_is_honoured(orientation, stored, tmp_path):
+    upright = _cell()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = _save(upright.transpose(stored), tmp_path / "phone.png", exif=exif)
+    assert np.array_equal(decode_image_array(path, None), np.asarray(upright))
+    assert np.array_equal(decode_image_array(path, 32), decode_image_array(_save(upright, tmp_path / "ref.png"), 32))
+
+
+def test_grey_levels_are_scaled_by_the_range_the_file_really_holds(tmp_path):
+    grey = np.asarray(_cell().convert("L"), dtype=np.float64)
+    expected = decode_image_array(_save(Image.fromarray(grey.astype(np.uint8)), tmp_path / "ref.png"), None).astype(int)
+    float_unit = _save(Image.fromarray((grey / 255).astype(np.float32), mode="F"), tmp_path / "unit.tif")
+    float_255 = _save(Image.fromarray(grey.astype(np.float32), mode="F"), tmp_path / "f255.tif")
+    twelve_bit = _save(Image.fromarray(np.round(grey * 4095 / 255).astype(np.uint16)), tmp_path / "twelve.tif")
+    sixteen_bit = _save(Image.fromarray(np.round(grey * 257).astype(np.uint16)), tmp_path / "sixteen.tif")
+    for path in (float_unit, float_255, twelve_bit, sixteen_bit):
+        assert np.abs(decode_image_array(path, None).astype(int) - expected).max() <= 1, path.name
+    negative = _save(Image.fromarray((grey - 255).astype(np.float32), mode="F"), tmp_path / "negative.tif")
+    with pytest.raises(ImageDecodeError, match="negative.tif: negative grey levels"):
+        decode_image_array(negative, 32)
+
+
+def test_a_file_of_several_images_is_refused_naming_the_count(tmp_path):
+    path = tmp_path / "three.tif"
+    _cell(0).save(path, save_all=True, append_images=[_cell(1), _cell(2)])
+    with pytest.raises(ImageDecodeError, match="three.tif: 3 images in one file"):
+        decode_image_array(path, 32)
+
+
+def test_base64_as_encoders_send_it_decodes_to_the_same_file(tmp_path):
+    import base64
+
+    from wbc.serving.pyfunc import _decode_base64
+
+    data = io.BytesIO()
+    _cell().save(data, format="JPEG")
+    raw = data.getvalue()
+    plain = base64.b64encode(raw).decode()
+    for sent in (plain, base64.encodebytes(raw).decode(), plain + "\n", "data:image/jpeg;base64," + plain,
+                 "\r\n".join(plain[i:i + 64] for i in range(0, len(plain), 64))):
+        assert _decode_base64(sent, "row 0") == raw
+    assert "row 3: 'image' is not valid base64" in _decode_base64(plain[:20] + "*" + plain[20:], "row 3")

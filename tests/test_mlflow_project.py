@@ -174,6 +174,16 @@ def test_served_predictions_equal_wbc_predict(server, synthetic_data, tmp_path):
     for name in CLASS_NAMES:
         assert served[f"prob_{name}"].to_numpy() == pytest.approx(local[f"prob_{name}"].to_numpy(), abs=1e-5)
 
+    # base64 as MIME encoders (76-character lines) and browsers (a data URL) send it scores the same
+    first = files[0].read_bytes()
+    forms = [base64.encodebytes(first).decode(), "data:image/jpeg;base64," + _b64(first) + "\n"]
+    response = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["image"], "data": [[f] for f in forms]}},
+                             timeout=60)
+    assert response.status_code == 200, response.text
+    for row in response.json()["predictions"]:
+        assert row["error"] == "" and row["label"] == served["label"][0]
+        assert row[f"prob_{CLASS_NAMES[0]}"] == pytest.approx(served[f"prob_{CLASS_NAMES[0]}"][0], abs=1e-6)
+
     records = requests.post(f"{url}/invocations", json={"dataframe_records": [{"image": _b64(files[0].read_bytes())}]}, timeout=60)
     assert records.status_code == 200 and records.json()["predictions"][0]["label"] == served["label"][0]
 

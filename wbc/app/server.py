@@ -103,6 +103,9 @@ def _expand_zip(name: str, data: bytes, budget: _Budget) -> list[tuple[str, byte
     except (zipfile.BadZipFile, ValueError, OSError):
         budget.take(name, 0)
         return [(name, f"{name}: not a readable zip archive")]
+    if not members:
+        budget.take(name, 0)
+        return [(name, f"{name}: the zip archive holds no image files")]
     cells: list[tuple[str, bytes | str]] = []
     for info in members:
         member = f"{name}/{info.filename}"

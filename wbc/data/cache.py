@@ -27,8 +27,9 @@ from wbc.data.images import ImageDecodeError, decode_image_array
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
-"""Bump when :func:`decode_image_array` changes its output, to invalidate old caches."""
+CACHE_FORMAT_VERSION = 2
+"""Bump when :func:`decode_image_array` changes its output, to invalidate old caches (2: EXIF orientation honoured,
+16-bit and float images scaled by their real range)."""
 
 
 def default_cache_dir() -> Path:

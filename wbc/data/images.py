@@ -57,13 +57,35 @@ def _read_bytes(source: ImageSource, label: str) -> bytes:
     return data
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert grayscale, 16-bit, palette, alpha and CMYK images to 8-bit RGB."""
+ACCEPTED_FORMATS = "JPEG, PNG, TIFF, BMP, GIF, WebP and the other formats Pillow reads"
+
+
+def _eight_bit(values: np.ndarray, label: str, *, floating: bool) -> np.ndarray:
+    """Grey levels of any depth as 0-255, scaled by the range the data really occupies: integers by the smallest bit
+    depth that holds their maximum (8, or 10, 12, 14, 16 bits in a 16-bit container), floats in [0, 1] by 255 and
+    floats in [0, 255] as they are. Raises :class:`ImageDecodeError` for anything else (negative, not finite, over
+    16 bits) rather than scoring a blank or saturated image as a cell."""
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ImageDecodeError(f"{label}: the image holds NaN or infinite values")
+    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    if low < 0:
+        raise ImageDecodeError(f"{label}: negative grey levels (down to {low:g}): expected values from 0")
+    if floating and high <= 1.0:
+        return values * 255.0
+    if high <= 255:
+        return values
+    if high > 65535:
+        raise ImageDecodeError(f"{label}: grey levels up to {high:g}: expected at most 16 bits (65535)")
+    bits = int(np.ceil(np.log2(high + 1)))
+    return values * (255.0 / (2**bits - 1))
+
+
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
+    """Convert grayscale of any depth, palette, alpha and CMYK images to 8-bit RGB."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if values.max(initial=0) > 255:
-            values = values / 257.0
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
+        values = _eight_bit(np.asarray(image), label, floating=image.mode == "F")
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
     )
@@ -91,14 +113,19 @@ def decode_image_array(source: ImageSource, size: int | None, *, name: str | Non
                 raise ImageDecodeError(
                     f"{label}: image is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS}-pixel limit"
                 )
+            pages = getattr(image, "n_frames", 1)
+            if pages > 1:
+                raise ImageDecodeError(f"{label}: {pages} images in one file (a multi-page TIFF or an animation): "
+                                       "send one image per file")
             if image.format == "JPEG" and size is not None:
                 image.draft("RGB", (size, size))
             image.load()
-            rgb = _to_rgb(image)
+            upright = ImageOps.exif_transpose(image)  # the EXIF Orientation a camera wrote, as every viewer honours it
+            rgb = _to_rgb(upright, label)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{label}: not an image file (expected JPEG or PNG)") from None
+        raise ImageDecodeError(f"{label}: not an image file (accepted: {ACCEPTED_FORMATS})") from None
     except Image.DecompressionBombError:
         raise ImageDecodeError(f"{label}: image dimensions exceed the decompression-bomb limit") from None
     except (OSError, SyntaxError, ValueError) as error:

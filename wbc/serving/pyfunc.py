@@ -53,15 +53,23 @@ _RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "pillow", "numpy", "pandas"
 
 
 def _decode_base64(value, row: str) -> bytes | str:
-    """The file bytes, or an error message."""
-    if not isinstance(value, str) or not value:
+    """The file bytes, or an error message. Accepts what encoders send (RFC 2045/4648): line breaks and other white
+    space anywhere (MIME's 76-character lines, a trailing newline) and a ``data:<type>;base64,`` prefix; any other
+    character that is not base64 is an error naming the row."""
+    if not isinstance(value, str) or not value.strip():
         return f"{row}: 'image' must be a non-empty base64 string"
-    if len(value) > (MAX_IMAGE_BYTES * 4) // 3 + 4:
+    text = value.strip()
+    if text.startswith("data:"):
+        header, comma, text = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            return f"{row}: 'image' is a data URL without ';base64,': send the file's bytes in base64"
+    text = "".join(text.split())
+    if len(text) > (MAX_IMAGE_BYTES * 4) // 3 + 4:
         return f"{row}: image is larger than the {MAX_IMAGE_BYTES}-byte limit"
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        return f"{row}: 'image' is not valid base64"
+        return f"{row}: 'image' is not valid base64 (letters, digits, +, / and = padding; line breaks are fine)"
 
 
 class WBCImageClassifier(mlflow.pyfunc.PythonModel):
