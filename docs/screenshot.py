@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import requests
-import torch
 from PIL import Image
 
 from wbc.classes import CLASS_NAMES

@@ -1,7 +1,6 @@
 """What a new user meets first: one epoch is a normal request, everyday commands default to the champion and say which
 version they used, reading a model leaves the store as it was, and bad settings stop before any work is announced."""
 
-from pathlib import Path
 
 import mlflow
 import pytest

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import click
 import mlflow
-import pytest
 import torch
 import yaml
 

@@ -14,7 +14,6 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
-import yaml
 from PIL import Image
 
 from wbc.classes import CLASS_NAMES
