@@ -104,3 +104,24 @@ def test_robust_augmentation_runs_at_small_sizes():
     assert len({o.sum().item() for o in outputs}) > 10
     with pytest.raises(ValueError, match="unknown augmentation"):
         train_augmentation("strong")
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["uncalibrated", "calibration-that-passes-everything"])
+def test_an_image_with_no_cell_is_flagged_whatever_the_calibration(tmp_path, calibrated):
+    from PIL import Image
+
+    from conftest import cell_image
+    from wbc.inference import Calibration
+
+    calibration = Calibration(temperature=1.0, review_threshold=0.0, target_error=0.5, ood_threshold=float("-inf"), flag_rate=0.05)
+    export_model(build_model("scratch"), 32, tmp_path / "model", calibration if calibrated else None, onnx=False)
+    predictor = Predictor.load(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    fields = {"black.png": np.zeros((40, 40, 3)), "white.png": np.full((40, 40, 3), 255.0),
+              "grey-noise.png": np.clip(128 + rng.normal(0, 1, (40, 40, 3)), 0, 255)}
+    for name, pixels in fields.items():
+        Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name)
+    cell_image("monocyte", 0).save(tmp_path / "cell.png")
+    predictions = predictor.predict_sources([tmp_path / name for name in [*fields, "cell.png"]])
+    assert [p.in_distribution for p in predictions[:3]] == [False, False, False]
+    assert predictions[3].in_distribution is (True if calibrated else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 
@@ -47,6 +48,17 @@ class Calibration:
     def needs_review(self, confidences):
         """Whether calibrated confidences fall below the review threshold."""
         return confidences < self.review_threshold
+
+
+BLANK_STD = 4.0
+"""Below this standard deviation of its pixels (grey levels, all channels), an image is a blank field, not a cell."""
+
+
+def is_blank(pixels: np.ndarray) -> np.ndarray:
+    """(N,) bool for uint8 images (N, 3, S, S): uniform or almost uniform fields (black, white, one colour), which
+    every model flags as unlike its training data, whatever its calibration says."""
+    flat = np.asarray(pixels, dtype=np.float32).reshape(len(pixels), -1)
+    return flat.std(axis=1) < BLANK_STD
 
 
 def in_distribution_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -15,7 +15,7 @@ from wbc import defaults
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image
 from wbc.inference.artifact import ModelLoadError, onnx_network, load_calibration, load_model, resolved_model
-from wbc.inference.calibration import Calibration, in_distribution_score
+from wbc.inference.calibration import Calibration, in_distribution_score, is_blank
 from wbc.inference.onnx import INT8_FILE, ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, UnknownRuntime
 from wbc.models import Classifier
 
@@ -166,8 +166,10 @@ class Predictor:
                 predictions.append(Prediction(name, None, str(error)))
         good = [p for p in predictions if p.error is None]
         if good:
-            scores = self.score_pixels(np.stack(decoded))
-            for prediction, row, score, pixels in zip(good, scores.probabilities, scores.in_distribution_score, decoded):
+            pixels_of_good = np.stack(decoded)
+            scores = self.score_pixels(pixels_of_good)
+            blank = is_blank(pixels_of_good)
+            for prediction, row, score, pixels, empty in zip(good, scores.probabilities, scores.in_distribution_score, decoded, blank):
                 prediction.probabilities = row
                 if keep_pixels:
                     prediction.pixels = pixels
@@ -175,6 +177,8 @@ class Predictor:
                 if self.calibration is not None and not self.tta:  # thresholds were fitted on single views
                     prediction.in_distribution = bool(self.calibration.in_distribution(score))
                     prediction.review = bool(self.calibration.needs_review(row.max()))
+                if empty:  # no cell at all: never counted as one, calibrated or not
+                    prediction.in_distribution = False
         return predictions
 
     def predict_received(self, items: Sequence[tuple[str, bytes | str]], keep_pixels: bool = False) -> list[Prediction]:

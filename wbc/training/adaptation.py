@@ -22,7 +22,7 @@ def reestimate_batch_norm(model: Classifier, pixels: np.ndarray, batch_size: int
     The model is left in eval mode."""
     if len(pixels) == 0:
         raise ValueError("no images to re-estimate batch-norm statistics on")
-    images = torch.from_numpy(np.asarray(pixels))
+    images = torch.from_numpy(np.array(pixels))  # a copy: the cache's arrays are read-only
     # each batch counts once in the average: a short last batch is left out when there are full ones
     loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False, drop_last=len(images) > batch_size)
     with torch.inference_mode(False):
@@ -53,10 +53,10 @@ def fine_tune_few_shot(
 
     generator = torch.Generator().manual_seed(seed)
     augment = train_augmentation()
-    lab = torch.from_numpy(np.asarray(pixels)), torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    lab = torch.from_numpy(np.array(pixels)), torch.as_tensor(np.asarray(targets), dtype=torch.long)
     replay = None
     if replay_pixels is not None and len(replay_pixels):
-        replay = torch.from_numpy(np.asarray(replay_pixels)), torch.as_tensor(np.asarray(replay_targets), dtype=torch.long)
+        replay = torch.from_numpy(np.array(replay_pixels)), torch.as_tensor(np.asarray(replay_targets), dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     norms = batch_norm_layers(model)
     losses = []
