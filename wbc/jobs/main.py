@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import mlflow
 
@@ -22,7 +22,7 @@ from wbc.jobs.average import AveragedRun, average_run
 from wbc.jobs.train import TrainResult, resumable_run, run_name, train
 from wbc.tracking.registry import DEFAULT_METRIC, Registration, clean_accuracy_floor, register_best
 from wbc.tracking.runs import configure_tracking, project_run_experiment
-from wbc.training.config import ConfigError, TrainConfig
+from wbc.training.config import ConfigError, TrainConfig, check_ranges
 from wbc.training.recipes import ROBUST_AVERAGE_WEIGHTS, ROBUST_STAGE, MainSettings, stage1_minutes, stage2_minutes
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ def run_main(config: TrainConfig, settings: MainSettings | None = None, *,
     config = config.validate()
     if config.resume:
         resumable_run(config)  # before anything is announced
-    for item in fields(settings):
-        if getattr(settings, item.name) < item.metadata["low"]:
-            raise ConfigError(f"{item.name}={getattr(settings, item.name)!r} is invalid: expected {item.metadata['low']} or more")
+    check_ranges(settings)
     configure_tracking(config.experiment)
     experiment = project_run_experiment() or config.experiment
     config = replace(config, experiment=experiment)

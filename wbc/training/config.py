@@ -201,10 +201,7 @@ class TrainConfig:
             get_spec(self.arch)
         except UnknownModelError as error:
             raise ConfigError(str(error)) from None
-        for item in fields(self):
-            expected = _expected(item, getattr(self, item.name))
-            if expected:
-                raise ConfigError(f"{item.name}={getattr(self, item.name)!r} is invalid: expected {expected}")
+        check_ranges(self)
         checks = [
             ("image_size", self.image_size == 0 or self.image_size >= 16, "0 (the model's own) or an integer from 16 to 1024"),
             ("head_epochs", self.mode != "finetune" or self.head_epochs is None or self.head_epochs < self.epochs,
@@ -233,6 +230,15 @@ class TrainConfig:
             raise ConfigError(f"output_dir={self.output_dir!r} is not writable: choose another --output-dir")
         with teacher_errors():
             return replace(self, teachers=canonical_teachers(self.teachers))
+
+
+def check_ranges(settings) -> None:
+    """Raise :class:`ConfigError` for the first field of ``settings`` (a dataclass of :func:`setting` fields) outside
+    its range or choices."""
+    for item in fields(settings):
+        expected = _expected(item, getattr(settings, item.name))
+        if expected:
+            raise ConfigError(f"{item.name}={getattr(settings, item.name)!r} is invalid: expected {expected}")
 
 
 def _expected(item, value) -> str | None:
