@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` MLflow store URI (``sqlite:///rel.db`` or ``sqlite:////abs.db``); None
+    for any other store."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call ``write(handle)`` on a scratch file beside ``path``, then move it into place."""
     path = Path(path)

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from wbc._io import atomic_torch_save
+from wbc._io import atomic_torch_save, sqlite_file
 from wbc.classes import CLASS_NAMES
 from wbc.errors import WBCError
 from wbc.inference.calibration import Calibration
@@ -172,7 +172,7 @@ def resolved_model(model: str) -> Iterator[Path]:
 
     store = mlflow.get_tracking_uri()
     # reading never creates a store: MLflow would make an empty database (and an experiment) on first contact
-    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists():
+    if (database := sqlite_file(store)) is not None and not database.exists():
         raise ModelLoadError(f"{model}: there is no MLflow store at {store} yet: train and register a model first "
                              "(wbc main), or point MLFLOW_TRACKING_URI at the store that holds it")
     with tempfile.TemporaryDirectory(prefix="wbc-model-") as scratch:

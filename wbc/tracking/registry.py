@@ -13,13 +13,13 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from wbc import defaults
+from wbc._io import sqlite_file
 from wbc.errors import WBCError
 from wbc.evaluation.shiftbench import BENCHMARK_METRICS, CLEAN_METRIC, SELECTION_METRIC
 from wbc.tracking.runs import RUN_KIND_TAG, benchmark_is_standard
@@ -256,13 +256,13 @@ def reconcile_alias(client: MlflowClient, model_name: str, alias: str, metric: s
 @contextlib.contextmanager
 def _registry_lock():
     """An exclusive file lock beside a local SQLite store (no-op for other stores)."""
-    uri = mlflow.get_registry_uri()
-    if not uri.startswith("sqlite:///") or os.name != "posix":
+    database = sqlite_file(mlflow.get_registry_uri())
+    if database is None or os.name != "posix":
         yield
         return
     import fcntl
 
-    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".register.lock")
+    lock_path = database.with_suffix(".register.lock")
     with open(lock_path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
