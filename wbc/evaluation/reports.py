@@ -68,7 +68,8 @@ class Evaluation:
     def from_scores(cls, targets: np.ndarray, probabilities: np.ndarray, in_distribution: np.ndarray | None = None,
                     review: np.ndarray | None = None) -> "Evaluation":
         """From (N, 8) class probabilities: the eight-class scores, the scores restricted to the classes ``targets``
-        holds (the argmax over those classes only), and with the flags (bool (N,)) how they fell."""
+        holds (the argmax over those classes only), and with the flags (bool (N,), as
+        :meth:`~wbc.inference.Predictor.flags` gives them; not summed where one is unknown) how they fell."""
         targets = np.asarray(targets)
         evaluation = cls.from_predictions(targets, probabilities.argmax(axis=1))
         present = sorted(set(targets.tolist()))
@@ -76,7 +77,7 @@ class Evaluation:
         evaluation.present_classes = present
         evaluation.present_accuracy = float(accuracy_score(targets, restricted))
         evaluation.present_macro_f1 = float(f1_score(targets, restricted, labels=present, average="macro", zero_division=0))
-        if in_distribution is not None and review is not None:
+        if in_distribution is not None and review is not None and None not in list(in_distribution) + list(review):
             correct = probabilities.argmax(axis=1) == targets  # what the lab is answered: one of the eight
             evaluation.flags = FlagSummary.from_flags(correct, np.asarray(in_distribution, bool), np.asarray(review, bool))
         return evaluation

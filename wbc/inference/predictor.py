@@ -142,6 +142,20 @@ class Predictor:
             return Scores(np.zeros((0, len(CLASS_NAMES)), dtype=np.float32), np.zeros(0, dtype=np.float32))
         return Scores(torch.cat([p for p, _ in results]).numpy(), torch.cat([s for _, s in results]).numpy())
 
+    def flags(self, scores: Scores, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(in_distribution, review)`` for decoded uint8 images (N, 3, S, S) scored as ``scores``: object arrays (N,)
+        of True, False or None (unknown: the model has no calibration, or ``tta`` is on, since the thresholds were
+        fitted on single views). A blank field (:func:`~wbc.inference.calibration.is_blank`) is never in distribution,
+        calibrated or not."""
+        unknown = np.full(len(scores.probabilities), None, dtype=object)
+        in_distribution, review = unknown.copy(), unknown.copy()
+        if self.calibration is not None and not self.tta:
+            in_distribution[:] = np.asarray(self.calibration.in_distribution(scores.in_distribution_score), bool).tolist()
+            review[:] = np.asarray(self.calibration.needs_review(scores.probabilities.max(axis=1)), bool).tolist()
+        if len(in_distribution):
+            in_distribution[is_blank(images)] = False
+        return in_distribution, review
+
     def predict_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """Class probabilities (N, 8) for decoded uint8 images (N, 3, S, S)."""
         return self.score_pixels(images).probabilities
@@ -166,19 +180,16 @@ class Predictor:
                 predictions.append(Prediction(name, None, str(error)))
         good = [p for p in predictions if p.error is None]
         if good:
-            pixels_of_good = np.stack(decoded)
-            scores = self.score_pixels(pixels_of_good)
-            blank = is_blank(pixels_of_good)
-            for prediction, row, score, pixels, empty in zip(good, scores.probabilities, scores.in_distribution_score, decoded, blank):
-                prediction.probabilities = row
+            images = np.stack(decoded)
+            scores = self.score_pixels(images)
+            in_distribution, review = self.flags(scores, images)
+            for index, (prediction, pixels) in enumerate(zip(good, decoded)):
+                prediction.probabilities = scores.probabilities[index]
                 if keep_pixels:
                     prediction.pixels = pixels
-                prediction.in_distribution_score = float(score)
-                if self.calibration is not None and not self.tta:  # thresholds were fitted on single views
-                    prediction.in_distribution = bool(self.calibration.in_distribution(score))
-                    prediction.review = bool(self.calibration.needs_review(row.max()))
-                if empty:  # no cell at all: never counted as one, calibrated or not
-                    prediction.in_distribution = False
+                prediction.in_distribution_score = float(scores.in_distribution_score[index])
+                prediction.in_distribution = in_distribution[index]
+                prediction.review = review[index]
         return predictions
 
     def predict_received(self, items: Sequence[tuple[str, bytes | str]], keep_pixels: bool = False) -> list[Prediction]:

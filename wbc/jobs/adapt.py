@@ -70,10 +70,7 @@ class AdaptResult:
 
 def _scores(predictor: Predictor, dataset) -> Evaluation:
     scores = predictor.score_pixels(dataset.pixels)
-    calibration = predictor.calibration
-    in_distribution = calibration.in_distribution(scores.in_distribution_score) if calibration else None
-    review = calibration.needs_review(scores.probabilities.max(axis=1)) if calibration else None
-    return Evaluation.from_scores(dataset.targets, scores.probabilities, in_distribution, review)
+    return Evaluation.from_scores(dataset.targets, scores.probabilities, *predictor.flags(scores, dataset.pixels))
 
 
 REPLAY_PER_CLASS = 40

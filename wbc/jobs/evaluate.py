@@ -52,9 +52,7 @@ def evaluate_model(
     else:
         dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir)
     scores = predictor.score_pixels(dataset.pixels)
-    calibration = None if tta else predictor.calibration  # its thresholds were fitted on single views
-    in_distribution = calibration.in_distribution(scores.in_distribution_score) if calibration else None
-    review = calibration.needs_review(scores.probabilities.max(axis=1)) if calibration else None
+    in_distribution, review = predictor.flags(scores, dataset.pixels)
     evaluation = Evaluation.from_scores(dataset.targets, scores.probabilities, in_distribution, review)
     files = evaluation.write(output_dir)
     table = pd.DataFrame({
@@ -63,8 +61,8 @@ def evaluate_model(
         "predicted": [CLASS_NAMES[p] for p in scores.probabilities.argmax(axis=1)],
         "confidence": scores.probabilities.max(axis=1),
         "in_distribution_score": scores.in_distribution_score,
-        "in_distribution": in_distribution if in_distribution is not None else None,
-        "review": review if review is not None else None,
+        "in_distribution": in_distribution,
+        "review": review,
     })
     table.to_csv(Path(output_dir) / PREDICTIONS_FILE, index=False)
     files.append(Path(output_dir) / PREDICTIONS_FILE)
