@@ -134,7 +134,7 @@ def _registry_options(function):
     for option in reversed(
         [
             click.option("--experiment", default=f"{defaults.EXPERIMENT},Default", show_default=True, help="Experiment(s) to search, comma-separated."),
-            click.option("--metric", default="val_robust_acc", show_default=True, help="Higher is better; val_robust_acc = mean of clean and shifted validation accuracy."),
+            click.option("--metric", default=defaults.SELECTION_METRIC, show_default=True, help="Higher is better; val_robust_acc = mean of clean and shifted validation accuracy."),
             _option("--model-name", default=defaults.MODEL_NAME, show_default=True),
             click.option("--alias", default=defaults.CHAMPION_ALIAS, show_default=True),
         ]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from wbc import defaults
 from wbc.data import load_split
 from wbc.data.shifts import SEVERITIES, SHIFTS, apply_shift
 from wbc.evaluation.calibration import DEFAULT_FLAG_RATE, calibrate
@@ -23,8 +24,7 @@ from wbc.inference import Predictor
 
 CLEAN_METRIC = "val_clean_acc"
 """Accuracy on the clean validation images, as scored by the benchmark."""
-SELECTION_METRIC = "val_robust_acc"
-"""The mean of clean and shifted validation accuracy: what the registry selects on."""
+SELECTION_METRIC = defaults.SELECTION_METRIC
 BENCHMARK_METRICS = (CLEAN_METRIC, "val_shift_acc", "val_shift_f1", SELECTION_METRIC, "val_shift_flagged")
 """What :meth:`ShiftBenchResult.metrics` logs."""
 STANDARD_SEED = 0
