@@ -1,13 +1,19 @@
-"""Training augmentation of decoded uint8 images (3, S, S): flips, 90-degree turns, light colour jitter,
-and for ``robust`` the lab-to-lab shifts of :mod:`wbc.data.shifts` (torchvision.transforms.v2)."""
+"""Training augmentation of decoded uint8 images (3, S, S), with torchvision.transforms.v2.
+
+- ``standard``: flips, 90-degree turns, light colour jitter;
+- ``robust``: + the lab-to-lab shifts of :mod:`wbc.data.shifts` now and then;
+- ``stain``: + strong stain and colour jitter (HED, hue, saturation, contrast, gamma, greyscale), zoom, blur,
+  resolution and JPEG: the variant that held up best on another lab's cells (benchmarks/RESULTS.md, "Other labs").
+"""
 
 from __future__ import annotations
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from wbc.data.settings import AUGMENTATIONS, DEFAULT_AUGMENTATION
-from wbc.data.shifts import robust_augmentation
+from wbc.data.shifts import RandomShift, robust_augmentation, stain
 
 
 class RandomRot90(torch.nn.Module):
@@ -17,14 +23,54 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
 
 
+class RandomStain(torch.nn.Module):
+    """With probability ``p``, :func:`wbc.data.shifts.stain` at ``strength``: each haematoxylin/eosin/DAB channel
+    scaled by ``1 + U(-strength, strength)`` and shifted by ``U(-strength/10, strength/10)`` (HED jitter,
+    Tellez et al. 2019, Med. Image Anal. 58)."""
+
+    def __init__(self, strength: float, p: float) -> None:
+        super().__init__()
+        self.strength, self.p = strength, p
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return stain(image, self.strength) if torch.rand(()) < self.p else image
+
+
+class RandomGamma(torch.nn.Module):
+    """Gamma ``exp(U(-spread, spread))``: a camera's or a stain's other tone curve."""
+
+    def __init__(self, spread: float) -> None:
+        super().__init__()
+        self.spread = spread
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.adjust_gamma(image, float(torch.empty(()).uniform_(-self.spread, self.spread).exp()))
+
+
+def stain_augmentation() -> list[torch.nn.Module]:
+    """Strong stain and colour jitter with zoom, blur, resolution and JPEG (the ``stain-strong+zoom`` variant of
+    ``benchmarks/other_lab_sweep.py``, with wbc's own zoom and HED jitter)."""
+    return [
+        RandomShift("zoom_out", 0.35),
+        RandomShift("zoom_in", 0.35),
+        RandomStain(0.5, p=0.8),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.5, hue=0.05),
+        RandomGamma(0.3),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=13, sigma=(0.3, 2.0))], p=0.3),
+        RandomShift("resolution", 0.1),
+        RandomShift("jpeg", 0.1),
+        v2.RandomGrayscale(p=0.1),
+    ]
+
+
 def train_augmentation(kind: str = DEFAULT_AUGMENTATION) -> v2.Compose | None:
-    """Training transforms: ``standard`` = flips, 90-degree rotations and light colour jitter;
-    ``robust`` adds the lab-to-lab shifts of :mod:`wbc.data.shifts` (zoom, stain, light, blur,
-    resolution, JPEG) now and then; ``none`` = no augmentation."""
+    """Training transforms of ``kind`` (one of :data:`AUGMENTATIONS`, described above); ``none`` = None."""
     if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {kind!r}: choose one of {', '.join(AUGMENTATIONS)}")
     if kind == "none":
         return None
+    if kind == "stain":
+        return v2.Compose([*stain_augmentation(), v2.RandomHorizontalFlip(), RandomRot90()])
     shifts = robust_augmentation() if kind == "robust" else []
     return v2.Compose(
         [

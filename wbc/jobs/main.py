@@ -80,7 +80,7 @@ def run_main(config: TrainConfig, settings: MainSettings | None = None, *,
             robust_epochs = 0
     second = averaged = None
     if robust_epochs:
-        echo(f"stage 2: {robust_epochs} epoch{'s' * (robust_epochs != 1)} from run {first.run_id} with --augment robust"
+        echo(f"stage 2: {robust_epochs} epoch{'s' * (robust_epochs != 1)} from run {first.run_id} with --augment {ROBUST_STAGE['augment']}"
              + (f", training for at most {stage2_cap:.1f} min" if stage2_cap else ""))
         # stage 2 continues what stage 1 really was (a resumed stage 1 ran with the settings its run logged)
         stage1 = config.from_logged_params(mlflow.MlflowClient().get_run(first.run_id).data.params)
