@@ -108,3 +108,33 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)
     assert result.exit_code == 1 and "needs labelled cells" in result.output
 
+
+
+def test_shiftbench_scores_another_labs_cells_as_a_real_shift_row_apart_from_the_synthetic_ones(champion, synthetic_data, tmp_path):
+    import pandas as pd
+
+    trained, _ = champion
+    model = f"runs:/{trained.run_id}/model"
+    lab = _lab(tmp_path / "lab-a", labelled=True)
+    result = invoke("shiftbench", model, "--data-dir", synthetic_data, "--lab-images", lab)
+    assert result.exit_code == 0, result.output
+    assert "lab rows: another lab's labelled cells" in result.output
+    client = mlflow.MlflowClient()
+    (bench,) = client.search_runs([client.get_experiment_by_name("wbc").experiment_id], "tags.`wbc.kind` = 'shiftbench'")
+    table = pd.read_csv(client.download_artifacts(bench.info.run_id, "shiftbench.csv", str(tmp_path)))
+    (row,) = table[table["shift"] == "lab"].itertuples()
+    assert row.strength == "lab-a" and row.images == 18 and len(table) == 1 + 7 * 3 + 1
+
+    evaluated = invoke("evaluate", model, "--images", lab, "--data-dir", synthetic_data, "--output-dir", tmp_path / "report")
+    assert evaluated.exit_code == 0, evaluated.output
+    (evaluation,) = client.search_runs([client.get_experiment_by_name("wbc").experiment_id], "tags.`wbc.kind` = 'evaluate'")
+    scores = evaluation.data.metrics
+    assert row.accuracy == pytest.approx(scores["images_acc_present"]), "scored among the three classes the lab holds"
+    assert row.flagged == pytest.approx(scores["images_flagged"])
+    metrics = bench.data.metrics
+    assert metrics["real_shift_acc"] == pytest.approx(row.accuracy) and metrics["real_shift_flagged"] == pytest.approx(row.flagged)
+    synthetic = table[~table["shift"].isin(["none", "lab"])]
+    assert metrics["val_shift_acc"] == pytest.approx(synthetic["accuracy"].mean()), "the lab row stays out of the selection metric"
+
+    plain = invoke("shiftbench", model, "--data-dir", synthetic_data)
+    assert plain.exit_code == 0 and "lab rows" not in plain.output, "no other-lab folder under the data: no real-shift row"

@@ -219,12 +219,16 @@ def average(first: str, second: str, weight: float, data_dir: str, experiment: s
 @_experiment_option
 @_cache_dir_option
 @_tta_option
+@_option("--lab-images", multiple=True, type=click.Path(exists=True, file_okay=False),
+         help="A labelled folder of another lab's cells (<folder>/<class>/<image>) scored as a real-shift row; repeatable. "
+              "Default: DATA_DIR/other-lab when it is there.")
 @_user_errors
 def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch_size: int, experiment: str,
-               cache_dir: str | None, tta: bool) -> None:
+               cache_dir: str | None, tta: bool, lab_images: tuple[str, ...]) -> None:
     """Score MODEL (default the champion) on the validation split under seeded lab-to-lab shifts (zoom, blur, JPEG, resolution,
-    stain, light); log the table and chart. The standard benchmark (all of valid, seed 0, no TTA) also
-    records val_shift_acc / val_robust_acc on the model's training run (training runs do this themselves)."""
+    stain, light), and on other labs' labelled cells as real-shift rows; log the table and chart. The standard benchmark
+    (all of valid, seed 0, no TTA) also records val_shift_acc / val_robust_acc on the model's training run (training runs
+    do this themselves)."""
     from wbc.evaluation.shiftbench import run_shiftbench
     from wbc.inference import Predictor
     from wbc.jobs.shiftbench import log_shiftbench
@@ -232,7 +236,8 @@ def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch
 
     configure_tracking(experiment)
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta)
-    result = run_shiftbench(predictor, data_dir, seed=seed, limit_per_class=limit_per_class, cache_dir=cache_dir)
+    result = run_shiftbench(predictor, data_dir, seed=seed, limit_per_class=limit_per_class, cache_dir=cache_dir,
+                            labs=list(lab_images) or None)
     run_id = log_shiftbench(result, model, data_dir, experiment, tta)
     click.echo(f"model: {_model_line(model)}")
     click.echo("shifted validation benchmark (percent):\n" + result.summary())

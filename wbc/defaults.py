@@ -3,6 +3,9 @@ to, and the registered model a lab's everyday commands use."""
 
 DATA_DIR = "../shared/data"
 """The folder that holds ``barcelona/{train,valid}/<class>/*.jpg`` (relative to the working directory)."""
+OTHER_LAB = "other-lab"
+"""The labelled folder of another lab's cells (``<data dir>/other-lab/<class>/*``) that the shifted benchmark scores,
+when it is there, as its real-shift row beside the synthetic shifts."""
 EXPERIMENT = "wbc"
 """The MLflow experiment that training, evaluation and the main job log to."""
 MODEL_NAME = "wbc-classifier"

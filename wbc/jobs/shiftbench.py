@@ -24,7 +24,8 @@ def log_shiftbench(result: ShiftBenchResult, model: str, data_dir: str, experime
     with mlflow.start_run(run_name=f"shiftbench {model}", tags=run_tags(**{RUN_KIND_TAG: "shiftbench"})) as run:
         log_params_once(
             version_params(model) | {"model_uri": model, "data_dir": str(Path(data_dir).resolve()), "seed": result.seed, "tta": tta,
-             "calibration": result.calibration_source, "conditions": int(result.table.shape[0]), "runtime": result.runtime}
+             "calibration": result.calibration_source, "conditions": int(result.shifted.shape[0]), "runtime": result.runtime,
+             "labs": ",".join(result.real["strength"].astype(str))}
         )
         log_shiftbench_here(result, title=model)
     if tta or not result.standard:
