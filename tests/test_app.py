@@ -127,6 +127,24 @@ def test_a_zip_of_images_is_opened(browser, app_url, synthetic_data, tmp_path):
     assert sorted(page_cells(browser)) == sorted(f"cells.zip/slide1/{p.name}" for p in files)
 
 
+def test_each_page_of_a_tiff_stack_is_a_cell_scored_like_the_page_alone(app_url, synthetic_data):
+    from PIL import Image
+
+    pages = [Image.open(path).convert("RGB") for path in sorted((synthetic_data / "barcelona" / "valid" / "basophil").glob("*.jpg"))[:3]]
+    stack = io.BytesIO()
+    pages[0].save(stack, "TIFF", save_all=True, append_images=pages[1:])
+    answer = requests.post(f"{app_url}/api/classify", files={"files": ("three.tif", stack.getvalue())}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    cells = {cell["name"]: cell for cell in answer.json()["cells"]}
+    assert sorted(cells) == ["three.tif#1", "three.tif#2", "three.tif#3"]
+    for index, page in enumerate(pages, 1):
+        alone = io.BytesIO()
+        page.save(alone, "PNG")
+        (single,) = requests.post(f"{app_url}/api/classify", files={"files": ("page.png", alone.getvalue())}, timeout=120).json()["cells"]
+        assert cells[f"three.tif#{index}"]["top"][0]["class"] == single["top"][0]["class"]
+        assert cells[f"three.tif#{index}"]["top"][0]["probability"] == pytest.approx(single["top"][0]["probability"], abs=1e-5)
+
+
 def test_bad_uploads_get_a_clear_message_and_the_app_stays_up(browser, app_url, synthetic_data, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -62,6 +62,26 @@ def test_predict_writes_csv_prints_differential_count_and_lists_bad_files(model_
     assert f"{len(unlike)} out of distribution" in result.output
 
 
+def test_predict_scores_each_page_of_a_tiff_stack_as_a_cell_named_by_its_page(model_run, synthetic_data, tmp_path):
+    from PIL import Image
+
+    sources = sorted((synthetic_data / "barcelona" / "valid" / "eosinophil").glob("*.jpg"))[:3]
+    pages = [Image.open(path).convert("RGB") for path in sources]
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    pages[0].save(folder / "three.tif", save_all=True, append_images=pages[1:])
+    export_dir = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"
+    assert invoke("predict", folder, "--model", export_dir, "--output", tmp_path / "stack.csv").exit_code == 0
+    for index, page in enumerate(pages):
+        page.save(tmp_path / f"page{index + 1}.tif")
+    singles = [tmp_path / f"page{index + 1}.tif" for index in range(3)]
+    assert invoke("predict", *singles, "--model", export_dir, "--output", tmp_path / "pages.csv").exit_code == 0
+    stack, alone = pd.read_csv(tmp_path / "stack.csv"), pd.read_csv(tmp_path / "pages.csv")
+    assert [name.rsplit("/", 1)[1] for name in stack["file"]] == ["three.tif#1", "three.tif#2", "three.tif#3"]
+    columns = [f"prob_{c}" for c in CLASS_NAMES]
+    assert np.allclose(stack[columns].to_numpy(), alone[columns].to_numpy(), atol=1e-6), "each page scored as itself"
+
+
 def test_predict_from_checkpoint_matches_export(model_run, synthetic_data, tmp_path):
     files = sorted((synthetic_data / "barcelona" / "valid" / "ig").glob("*.jpg"))
     export_dir = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"

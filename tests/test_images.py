@@ -133,6 +133,38 @@ def test_a_file_of_several_images_is_refused_naming_the_count(tmp_path):
         decode_image_array(path, 32)
 
 
+def test_pages_split_into_cells_of_their_own_with_their_pixels_kept(tmp_path):
+    """Each page a cell named file#page, decoding exactly like the page saved alone, whatever its mode: an 8-bit RGB
+    page, a 12-bit grey page and a float page in one TIFF stack; the frames of an animated GIF; an MPO (a camera
+    JPEG with its preview appended) stays one picture."""
+    from wbc.data.images import split_pages
+
+    grey = np.asarray(_cell(1).convert("L"), dtype=np.float32)
+    pages = [_cell(0), Image.fromarray(np.round(grey * 4095 / 255).astype(np.uint16)), Image.fromarray(grey / 255, mode="F")]
+    stack = tmp_path / "stack.tif"
+    pages[0].save(stack, save_all=True, append_images=pages[1:])
+    split = split_pages(stack, "stack.tif")
+    assert [name for name, _ in split] == ["stack.tif#1", "stack.tif#2", "stack.tif#3"]
+    for index, (page, (name, source)) in enumerate(zip(pages, split)):
+        alone = _save(page, tmp_path / f"page{index}.tif")
+        assert np.array_equal(decode_image_array(source, 32, name=name), decode_image_array(alone, 32)), name
+    assert decode_image_array(split[1][1], None).std() > 20, "the 12-bit page keeps its contrast"
+
+    animation = tmp_path / "cells.gif"
+    _cell(0).save(animation, save_all=True, append_images=[_cell(2)], duration=100)
+    frames = split_pages(animation, "cells.gif")
+    assert [name for name, _ in frames] == ["cells.gif#1", "cells.gif#2"]
+    assert not np.array_equal(decode_image_array(frames[0][1], 32), decode_image_array(frames[1][1], 32))
+
+    single = _save(_cell(0), tmp_path / "one.png")
+    assert split_pages(single, "one.png") == [("one.png", single)]
+    mpo = tmp_path / "camera.mpo"
+    _cell(0).save(mpo, "MPO", save_all=True, append_images=[_cell(0).resize((16, 16))])
+    assert Image.open(mpo).n_frames == 2 and split_pages(mpo, "camera.mpo") == [("camera.mpo", mpo)]
+    assert decode_image_array(mpo, None).shape == np.asarray(_cell(0)).shape
+    assert split_pages(b"not an image", "x.bin") == [("x.bin", b"not an image")], "the decoder names the problem later"
+
+
 def test_base64_as_encoders_send_it_decodes_to_the_same_file(tmp_path):
     import base64
 

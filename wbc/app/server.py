@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse
 
 from wbc import defaults
 from wbc.classes import CLASS_NAMES
-from wbc.data.images import MAX_IMAGE_BYTES
+from wbc.data.images import MAX_IMAGE_BYTES, split_pages
 from wbc.errors import WBCError
 from wbc.evaluation.explain import GradCam, image_png, overlay_png
 from wbc.inference import Prediction, Predictor
@@ -89,8 +89,16 @@ def expand_uploads(uploads: list[UploadFile]) -> list[tuple[str, bytes | str]]:
             continue
         data = upload.file.read(MAX_IMAGE_BYTES + 1)
         budget.take(name, min(len(data), MAX_IMAGE_BYTES))
-        cells.append((name, _too_big(name) if len(data) > MAX_IMAGE_BYTES else data))
+        cells += [(name, _too_big(name))] if len(data) > MAX_IMAGE_BYTES else _pages(name, data, budget)
     return cells
+
+
+def _pages(name: str, data: bytes, budget: _Budget) -> list[tuple[str, bytes | str]]:
+    """Each page of a multi-page TIFF or an animation a cell of its own (``name#page``); one image as it is."""
+    pages = split_pages(data, name)
+    for page_name, page in pages[1:]:
+        budget.take(page_name, len(page))
+    return pages
 
 
 def _expand_zip(name: str, data: bytes, budget: _Budget) -> list[tuple[str, bytes | str]]:
@@ -121,7 +129,7 @@ def _expand_zip(name: str, data: bytes, budget: _Budget) -> list[tuple[str, byte
             cells.append((member, f"{member}: cannot be read from the zip ({type(error).__name__})"))
             continue
         budget.take(member, len(content))
-        cells.append((member, _too_big(member) if len(content) > MAX_IMAGE_BYTES else content))
+        cells += [(member, _too_big(member))] if len(content) > MAX_IMAGE_BYTES else _pages(member, content, budget)
     return cells
 
 

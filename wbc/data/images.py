@@ -113,10 +113,10 @@ def decode_image_array(source: ImageSource, size: int | None, *, name: str | Non
                 raise ImageDecodeError(
                     f"{label}: image is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS}-pixel limit"
                 )
-            pages = getattr(image, "n_frames", 1)
+            pages = _page_count(image)
             if pages > 1:
                 raise ImageDecodeError(f"{label}: {pages} images in one file (a multi-page TIFF or an animation): "
-                                       "send one image per file")
+                                       "send one image per row (wbc predict and the web page score each page)")
             if image.format == "JPEG" and size is not None:
                 image.draft("RGB", (size, size))
             image.load()
@@ -134,6 +134,34 @@ def decode_image_array(source: ImageSource, size: int | None, *, name: str | Non
         return np.array(rgb, dtype=np.uint8)
     square = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BILINEAR)
     return np.array(square, dtype=np.uint8)
+
+
+def _page_count(image: Image.Image) -> int:
+    """Images the file holds: pages of a TIFF, frames of an animation. An MPO (a camera's JPEG with its preview
+    or depth image appended) is one picture: its first frame."""
+    return 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
+
+
+def split_pages(source: ImageSource, name: str) -> list[tuple[str, ImageSource]]:
+    """``[(name, source)]`` for a file of one image (or one that cannot be read: decoding it names the problem);
+    for a multi-page TIFF or an animated GIF/PNG/WebP, one ``("<name>#<page>", single-page TIFF bytes)`` per page,
+    pages counted from 1, each page's pixels and mode kept as stored (TIFF holds 16-bit and float pages too)."""
+    try:
+        with Image.open(source if not isinstance(source, bytes) else io.BytesIO(source)) as image:
+            pages = _page_count(image)
+            if pages <= 1:
+                return [(name, source)]
+            split = []
+            for page in range(pages):
+                image.seek(page)
+                if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:
+                    return [(name, source)]  # the decoder refuses it, naming the size
+                buffer = io.BytesIO()
+                image.copy().save(buffer, "TIFF")
+                split.append((f"{name}#{page + 1}", buffer.getvalue()))
+            return split
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return [(name, source)]
 
 
 def decode_image(source: ImageSource, size: int, *, name: str | None = None):

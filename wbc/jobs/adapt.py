@@ -13,21 +13,19 @@ lab's alias, never as ``@champion``.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 
 from wbc import defaults
-from wbc.classes import CLASS_NAMES
 from wbc.data import BarcelonaDataset, DatasetError, LabelledFolder, image_files, load_folder, load_split, load_unlabelled
 from wbc.evaluation.calibration import DEFAULT_FLAG_RATE, calibrate
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor, export_metrics, export_model
 from wbc.serving.pyfunc import log_pyfunc_model
+from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import check_lab_alias, register_adapted
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
@@ -152,12 +150,7 @@ def adapt_model(
                          "method": ("AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN") + " + out-of-distribution threshold",
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
                          "data_dir": str(Path(data_dir).resolve())})
-        with warnings.catch_warnings():  # MLflow 3.17 registers its local-path source class twice and says so
-            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-            dataset = mlflow.data.from_pandas(
-                pd.DataFrame({"file": lab.paths, "class": [CLASS_NAMES[t] if t >= 0 else "" for t in lab.targets]}),
-                source=str(Path(images).resolve()), name=lab_name)
-        mlflow.log_input(dataset, context="adaptation")
+        log_image_dataset(lab.paths, lab.targets, images, lab_name, "adaptation")
         metrics = {}
         for name, evaluation in (("lab_before", lab_before), ("lab_after", lab_after), ("valid_before", valid_before),
                                  ("valid_after", valid_after)):

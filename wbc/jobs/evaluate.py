@@ -13,6 +13,7 @@ from wbc.classes import CLASS_NAMES
 from wbc.data import BarcelonaDataset, LabelledFolder, load_folder, load_split
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor
+from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import version_params
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 
@@ -75,6 +76,10 @@ def evaluate_model(
                  "images": source if images is not None else "", "size": len(dataset), "tta": tta, "runtime": predictor.runtime,
                  "classes_present": ",".join(CLASS_NAMES[i] for i in evaluation.present_classes)}
             )
+            if images is not None:
+                log_image_dataset(dataset.paths, dataset.targets, images, Path(images).resolve().name, "evaluation")
+            else:
+                log_image_dataset(dataset.paths, dataset.targets, Path(data_dir) / "barcelona", f"barcelona/{split}", split)
             mlflow.log_metrics(evaluation.metrics(prefix))
             for path in files:  # only what this evaluation wrote, whatever else the folder holds
                 mlflow.log_artifact(str(path))

@@ -19,6 +19,7 @@ from wbc.evaluation.reports import Evaluation
 from wbc.evaluation.shiftbench import ShiftBenchResult
 from wbc.inference import load_model, load_model_from
 from wbc.models import count_parameters, get_spec
+from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.model_logging import log_model_run
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, reopen_run, run_tags, training_curves_figure
 from wbc.training.config import ConfigError, TrainConfig, teacher_errors
@@ -89,7 +90,8 @@ def train(config: TrainConfig) -> TrainResult | None:
     else:
         # inside an active run (a study such as `wbc compare`) the training run is its child
         run_context = mlflow.start_run(
-            tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags), nested=mlflow.active_run() is not None
+            tags=run_tags(**{RUN_KIND_TAG: "train"}, **config.extra_tags), nested=mlflow.active_run() is not None,
+            log_system_metrics=True,  # CPU, memory, disk and network (system/...) beside the training curves
         )
     with run_context as run:
         if run is not None and resumed is None:
@@ -118,6 +120,9 @@ def train(config: TrainConfig) -> TrainResult | None:
             checkpoint_dir = Path(config.output_dir).resolve() / "non-zero-rank"
         else:
             _log_training_params(config, module, datamodule)
+            if resumed is None:
+                for split, images in datamodule.datasets.items():
+                    log_image_dataset(images.paths, images.targets, datamodule.data_dir / "barcelona", f"barcelona/{split}", split)
             checkpoint_dir = _checkpoint_dir(resumed) if resumed else Path(config.output_dir).resolve() / run.info.run_id / "checkpoints"
             mlflow.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir), **({"wbc.resumed": "true"} if resumed else {})})
             if config.progress:

@@ -9,6 +9,7 @@ from typing import Iterable
 import pandas as pd
 
 from wbc import defaults
+from wbc.data.images import split_pages
 from wbc.errors import WBCError
 from wbc.inference import Predictor
 from wbc.serving.tables import display_path, predictions_frame
@@ -19,16 +20,18 @@ class InputNotFound(WBCError, FileNotFoundError):
 
 
 def predict_files(paths, model: str, batch_size: int = defaults.SCORING_BATCH, tta: bool = False, runtime: str = "auto") -> pd.DataFrame:
-    """One row per file: ``file`` and :data:`wbc.serving.tables.OUTPUT_COLUMNS`."""
+    """One row per image: ``file`` (``<file>#<page>`` for each page of a multi-page TIFF or an animation) and
+    :data:`wbc.serving.tables.OUTPUT_COLUMNS`."""
     files = iter_image_files(paths)  # a missing path fails before the model loads
     if not files:
         raise InputNotFound(f"{', '.join(map(str, paths))}: no files to classify")
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
+    cells = [cell for path in files for cell in split_pages(path, display_path(path))]  # each page of a TIFF stack a cell
     frames = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        names = [display_path(path) for path in chunk]
-        predictions = predictor.predict_sources(chunk, names)
+    for start in range(0, len(cells), batch_size):
+        chunk = cells[start : start + batch_size]
+        names = [name for name, _ in chunk]
+        predictions = predictor.predict_sources([source for _, source in chunk], names)
         frames.append(predictions_frame(predictions).assign(file=names))
     table = pd.concat(frames, ignore_index=True) if frames else predictions_frame([])
     if "file" not in table:

@@ -1,0 +1,48 @@
+"""The images a run learned from or was scored on, on record as MLflow datasets (``mlflow.log_input``): the MLflow UI
+then shows, for each run and each registered version, which images and which split it used."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import mlflow
+import pandas as pd
+
+from wbc.classes import CLASS_NAMES
+
+DIGEST_LENGTH = 16
+"""Hex characters of the content digest MLflow shows beside the dataset's name."""
+
+
+def content_digest(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> str:
+    """SHA-256 over every file's name relative to ``root`` and its bytes, in the order given: any changed, added,
+    removed or renamed file changes it; copying the folder elsewhere does not. First :data:`DIGEST_LENGTH` hex digits."""
+    digest = hashlib.sha256()
+    root = Path(root).resolve()
+    for path in paths:
+        path = Path(path).resolve()
+        digest.update(os.fsencode(path.relative_to(root) if path.is_relative_to(root) else path) + b"\0")
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:DIGEST_LENGTH]
+
+
+def log_image_dataset(paths: Sequence[str | os.PathLike], targets: Sequence[int], root: str | os.PathLike, name: str,
+                      context: str) -> None:
+    """Record images ``paths`` with class indices ``targets`` (-1: unlabelled) under ``root`` as the active run's
+    input ``name`` (for example ``barcelona/train``) with ``context`` (``train``, ``valid``, ``test``, ``evaluation``,
+    ``adaptation``): one row per file (its path relative to ``root`` and its class), the folder as source, and
+    :func:`content_digest` as digest."""
+    root = Path(root).resolve()
+    table = pd.DataFrame({
+        "file": [str(Path(p).resolve().relative_to(root)) if Path(p).resolve().is_relative_to(root) else str(p) for p in paths],
+        "class": [CLASS_NAMES[t] if t >= 0 else "" for t in targets],
+    })
+    with warnings.catch_warnings():  # MLflow 3.17 registers its local-path source class twice and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(table, source=str(root), name=name, digest=content_digest(paths, root))
+    mlflow.log_input(dataset, context=context)
