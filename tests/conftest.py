@@ -123,3 +123,24 @@ def start_http_server(command: list[str], health_url: str, *, env: dict, cwd: Pa
 def stop_process_group(process: subprocess.Popen, timeout: float = 60) -> None:
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=timeout)
+
+
+def faithful_inputs(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """Files as cameras and analysis tools write them, each beside the plain 8-bit file it must decode to exactly:
+    a phone's EXIF-rotated PNG, 12- and 16-bit grey TIFFs, a float grey TIFF in [0, 1]. ``{kind: (file, reference)}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    upright = cell_image("eosinophil", 7, size=48).crop((0, 0, 48, 40))  # not square: a turn shows
+    reference = folder / "ref.png"
+    upright.save(reference)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view: stored turned the other way
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "exif6.png", exif=exif)
+    grey = np.asarray(upright.convert("L"))
+    wide = grey.astype(np.float64)
+    reference_grey = folder / "ref_gray.png"
+    Image.fromarray(grey).save(reference_grey)
+    Image.fromarray(np.round(wide * 4095 / 255).astype(np.uint16)).save(folder / "twelve_bit.tif")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "sixteen_bit.tif")
+    Image.fromarray((wide / 255).astype(np.float32), mode="F").save(folder / "float_gray.tif")
+    return {"exif": (folder / "exif6.png", reference), "12-bit": (folder / "twelve_bit.tif", reference_grey),
+            "16-bit": (folder / "sixteen_bit.tif", reference_grey), "float": (folder / "float_gray.tif", reference_grey)}

@@ -110,6 +110,7 @@ def test_page_shows_labels_heatmaps_and_the_differential_count(browser, app_url,
     assert page_counts(browser) == {c: sum(p.label == c for p in counted) for c in CLASS_NAMES}
     assert int(browser.find_element(By.ID, "total").text) == len(counted)
     assert "calibrated" in browser.find_element(By.ID, "explain").text
+    assert "TIFF" in browser.find_element(By.ID, "drop").text, "the page lists what it really accepts"
     assert browser.find_element(By.ID, "csv").get_attribute("href").startswith("blob:")
     screenshot = Path(os.environ.get("WBC_SCREENSHOT_DIR", tmp_path)) / "app.png"
     screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,23 @@ def test_each_page_of_a_tiff_stack_is_a_cell_scored_like_the_page_alone(app_url,
         (single,) = requests.post(f"{app_url}/api/classify", files={"files": ("page.png", alone.getvalue())}, timeout=120).json()["cells"]
         assert cells[f"three.tif#{index}"]["top"][0]["class"] == single["top"][0]["class"]
         assert cells[f"three.tif#{index}"]["top"][0]["probability"] == pytest.approx(single["top"][0]["probability"], abs=1e-5)
+
+
+def test_files_as_cameras_write_them_are_scored_and_shown_as_their_plain_twins(app_url, tmp_path):
+    """The page's API on EXIF-rotated, 12-bit, 16-bit and float files: each scored like the plain 8-bit file it means,
+    and the image the page shows (its data URL) is that file's, so a phone photo stored on its side shows upright."""
+    from conftest import faithful_inputs
+
+    pairs = faithful_inputs(tmp_path / "faithful")
+    files = [path for pair in pairs.values() for path in pair]
+    answer = requests.post(f"{app_url}/api/classify", files=[("files", (p.name, p.read_bytes())) for p in files], timeout=120)
+    assert answer.status_code == 200, answer.text
+    cells = {cell["name"]: cell for cell in answer.json()["cells"]}
+    for kind, (sent, meant) in pairs.items():
+        assert cells[sent.name]["error"] == "", kind
+        assert [t["class"] for t in cells[sent.name]["top"]] == [t["class"] for t in cells[meant.name]["top"]], kind
+        assert [t["probability"] for t in cells[sent.name]["top"]] == pytest.approx([t["probability"] for t in cells[meant.name]["top"]]), kind
+        assert cells[sent.name]["image"] == cells[meant.name]["image"], f"{kind}: the page shows what the file means"
 
 
 def test_bad_uploads_get_a_clear_message_and_the_app_stays_up(browser, app_url, synthetic_data, tmp_path):

@@ -82,6 +82,45 @@ def test_predict_scores_each_page_of_a_tiff_stack_as_a_cell_named_by_its_page(mo
     assert np.allclose(stack[columns].to_numpy(), alone[columns].to_numpy(), atol=1e-6), "each page scored as itself"
 
 
+def test_files_as_cameras_write_them_score_like_their_plain_twins_in_wbc_predict_and_the_pyfunc(model_run, tmp_path):
+    """EXIF-rotated, 12-bit, 16-bit and float files: the same probabilities as the plain 8-bit file they mean, from
+    ``wbc predict`` and from the logged pyfunc (base64 rows); a TIFF stack is one row per page in ``wbc predict`` and
+    a row naming its page count in the pyfunc, which takes one image per row."""
+    import base64
+
+    from PIL import Image
+
+    from conftest import faithful_inputs
+
+    pairs = faithful_inputs(tmp_path / "faithful")
+    stack = tmp_path / "faithful" / "stack.tif"
+    Image.open(pairs["exif"][1]).save(stack, save_all=True, append_images=[Image.open(pairs["12-bit"][1])])
+    files = [path for pair in pairs.values() for path in pair] + [stack]
+    export_dir = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"
+    assert invoke("predict", *files, "--model", export_dir, "--output", tmp_path / "out.csv").exit_code == 0
+    columns = [f"prob_{c}" for c in CLASS_NAMES]
+    table = pd.read_csv(tmp_path / "out.csv").set_index("file")
+    rows = {name.rsplit("/", 1)[-1]: row for name, row in table.iterrows()}
+    for kind, (sent, meant) in pairs.items():
+        assert np.allclose(rows[sent.name][columns].astype(float), rows[meant.name][columns].astype(float), atol=1e-6), kind
+    assert np.allclose(rows["stack.tif#2"][columns].astype(float), rows["ref_gray.png"][columns].astype(float), atol=1e-6)
+
+    from wbc.serving.pyfunc import log_pyfunc_model
+    from wbc.tracking.runs import configure_tracking
+
+    configure_tracking()
+    with mlflow.start_run():
+        logged = log_pyfunc_model(export_dir, example_image=pairs["exif"][1])
+    model = mlflow.pyfunc.load_model(logged.model_uri)
+    served = model.predict(pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode() for path in files]}))
+    by_name = dict(zip((path.name for path in files), served.to_dict("records")))
+    for kind, (sent, meant) in pairs.items():
+        assert by_name[sent.name]["error"] == "" and by_name[sent.name]["label"] == by_name[meant.name]["label"], kind
+        assert np.allclose([by_name[sent.name][c] for c in columns], [by_name[meant.name][c] for c in columns], atol=1e-6), kind
+        assert np.allclose([by_name[sent.name][c] for c in columns], rows[meant.name][columns].astype(float), atol=1e-5), kind
+    assert "2 images in one file" in by_name["stack.tif"]["error"] and by_name["stack.tif"]["label"] in ("", None)
+
+
 def test_predict_from_checkpoint_matches_export(model_run, synthetic_data, tmp_path):
     files = sorted((synthetic_data / "barcelona" / "valid" / "ig").glob("*.jpg"))
     export_dir = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"

@@ -93,6 +93,8 @@ def test_bad_inputs_raise_one_line_errors_naming_the_file(tmp_path, rgb):
             decode_image(tmp_path / name, 32)
         message = str(caught.value)
         assert name in message and reason in message and "\n" not in message, message
+        if reason == "not an image":
+            assert "accepted: JPEG, PNG, TIFF, BMP, GIF, WebP" in message, "the formats the decoder really reads"
 
 
 def _cell(seed: int = 0) -> Image.Image:

@@ -20,7 +20,7 @@ from wbc.classes import CLASS_NAMES
 from wbc.tracking.registry import MAX_CLEAN_DROP
 from wbc.training.recipes import STAGE1_TIME_SHARE, TIME_BUDGET_MINUTES
 
-from conftest import free_port, start_http_server, stop_process_group
+from conftest import faithful_inputs, free_port, start_http_server, stop_process_group
 from test_bad_input import CASES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +182,18 @@ def test_served_predictions_equal_wbc_predict(server, synthetic_data, tmp_path):
     for row in response.json()["predictions"]:
         assert row["error"] == "" and row["label"] == served["label"][0]
         assert row[f"prob_{CLASS_NAMES[0]}"] == pytest.approx(served[f"prob_{CLASS_NAMES[0]}"][0], abs=1e-6)
+
+    # files as cameras and analysis tools write them score like the plain 8-bit files they mean
+    pairs = faithful_inputs(tmp_path / "faithful")
+    sent = [path for pair in pairs.values() for path in pair]
+    response = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["image"], "data": [[_b64(p.read_bytes())] for p in sent]}},
+                             timeout=60)
+    assert response.status_code == 200, response.text
+    rows = dict(zip((p.name for p in sent), response.json()["predictions"]))
+    for kind, (file, meant) in pairs.items():
+        assert rows[file.name]["error"] == "" and rows[file.name]["label"] == rows[meant.name]["label"], kind
+        for name in CLASS_NAMES:
+            assert rows[file.name][f"prob_{name}"] == pytest.approx(rows[meant.name][f"prob_{name}"], abs=1e-6), kind
 
     records = requests.post(f"{url}/invocations", json={"dataframe_records": [{"image": _b64(files[0].read_bytes())}]}, timeout=60)
     assert records.status_code == 200 and records.json()["predictions"][0]["label"] == served["label"][0]
