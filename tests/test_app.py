@@ -195,3 +195,68 @@ def test_api_refuses_requests_with_nothing_to_classify(app_url):
     zipfile.ZipFile(empty, "w").close()
     empty_zip = requests.post(f"{app_url}/api/classify", files={"files": ("cells.zip", io.BytesIO(empty.getvalue()))}, timeout=30)
     assert empty_zip.status_code == 400 and "cells.zip: the zip archive holds no image files" in empty_zip.json()["detail"]
+
+
+def test_the_page_on_an_address_other_machines_reach_refuses_to_start_without_logins(exported_model, tmp_path):
+    from click.testing import CliRunner
+
+    from wbc.app.auth import read_logins, verify_password
+    from wbc.cli import cli
+
+    refused = CliRunner().invoke(cli, ["app", "--model", str(exported_model), "--host", "0.0.0.0"], env={"WBC_APP_AUTH_FILE": None})
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert "wbc app on 0.0.0.0 is open to other machines and needs logins" in refused.output and "wbc app-login" in refused.output
+
+    logins = tmp_path / "logins"
+    added = CliRunner().invoke(cli, ["app-login", "lab-tech", "--auth-file", str(logins)], input="s3cret pass\ns3cret pass\n")
+    assert added.exit_code == 0 and "added login lab-tech" in added.output and "s3cret" not in logins.read_text()
+    assert logins.stat().st_mode & 0o777 == 0o600
+    assert verify_password("s3cret pass", read_logins(logins)["lab-tech"]) and not verify_password("s3cret", read_logins(logins)["lab-tech"])
+    changed = CliRunner().invoke(cli, ["app-login", "lab-tech", "--auth-file", str(logins)], input="other\nother\n")
+    assert "changed the password of login lab-tech" in changed.output and verify_password("other", read_logins(logins)["lab-tech"])
+    logins.write_text("lab-tech s3cret\n")
+    broken = CliRunner().invoke(cli, ["app", "--model", str(exported_model), "--host", "0.0.0.0", "--auth-file", str(logins)])
+    assert broken.exit_code == 1 and f"{logins}, line 1: not a 'name:scrypt$...' login" in broken.output
+
+
+def test_with_logins_every_route_but_health_needs_one_and_uploads_leave_no_trace(browser, exported_model, synthetic_data, tmp_path):
+    """Bound to every interface (requests go to 127.0.0.1 only): 401 without or with a wrong login, 200 with one, in a
+    real browser too; an upload of over a megabyte (starlette's spooling size) leaves no file in the server's
+    temporary folder, and its name appears in no log."""
+    import numpy as np
+    from PIL import Image
+
+    from wbc.app.auth import add_login
+
+    logins = tmp_path / "logins"
+    add_login(logins, "lab-tech", "s3cret pass")
+    port = free_port()
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    process = start_http_server(
+        [sys.executable, "-m", "wbc", "app", "--model", str(exported_model), "--host", "0.0.0.0", "--port", str(port)],
+        f"http://127.0.0.1:{port}/health", env={**os.environ, "WBC_APP_AUTH_FILE": str(logins),
+                                                "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}, cwd=workdir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for path in ("/", "/api/model"):
+            assert requests.get(url + path, timeout=10).status_code == 401
+            assert requests.get(url + path, auth=("lab-tech", "wrong"), timeout=10).status_code == 401
+            assert requests.get(url + path, auth=("lab-tech", "s3cret pass"), timeout=30).status_code == 200
+        assert requests.post(f"{url}/api/classify", timeout=10).status_code == 401
+        big = tmp_path / "PATIENT-4711-smear.png"
+        noise = np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(big)
+        assert big.stat().st_size > 1024 * 1024
+        answer = requests.post(f"{url}/api/classify", files={"files": (big.name, big.read_bytes())}, auth=("lab-tech", "s3cret pass"),
+                               timeout=120)
+        assert answer.status_code == 200 and answer.json()["cells"][0]["name"] == big.name
+        assert list((workdir / "tmp").iterdir()) == [], "no upload was spooled to disk"
+
+        cell = sorted((synthetic_data / "barcelona" / "valid" / "monocyte").glob("*.jpg"))[0]
+        upload(browser, f"http://lab-tech:s3cret%20pass@127.0.0.1:{port}/", [cell])
+        assert list(page_cells(browser)) == [cell.name]
+    finally:
+        stop_process_group(process)
+    log = process.stdout.read()
+    assert "PATIENT-4711" not in log and cell.name not in log

@@ -4,7 +4,6 @@ training runs also log system metrics."""
 import shutil
 
 import mlflow
-import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli

@@ -379,19 +379,41 @@ def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_te
 @click.option("--model", "model", default=defaults.CHAMPION_URI, show_default=True, help="MLflow model URI, exported folder or checkpoint.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@_option("--auth-file", envvar="WBC_APP_AUTH_FILE", type=click.Path(dir_okay=False),
+         help="Logins file (wbc app-login writes it); needed on any address but loopback. Env: WBC_APP_AUTH_FILE.")
 @_user_errors
-def app(model: str, host: str, port: int) -> None:
-    """Start the web page: upload cell images or a zip, see labels, confidence, Grad-CAM, flags, the differential count."""
+def app(model: str, host: str, port: int, auth_file: str | None) -> None:
+    """Start the web page: upload cell images or a zip, see labels, confidence, Grad-CAM, flags, the differential count.
+    On an address other machines reach, every page but /health needs a login from --auth-file."""
     import uvicorn
 
+    from wbc.app.auth import AUTH_FILE_VARIABLE, AuthConfigError, is_loopback, read_logins
     from wbc.app.server import create_app
     from wbc.tracking.runs import configure_tracking
 
+    if auth_file is None and not is_loopback(host):
+        raise AuthConfigError(f"wbc app on {host} is open to other machines and needs logins: create them with "
+                              f"wbc app-login NAME --auth-file FILE, then start with --auth-file FILE (or {AUTH_FILE_VARIABLE}=FILE)")
+    logins = read_logins(auth_file) if auth_file else None
     configure_tracking(experiment=None)
-    web_app = create_app(model)
+    web_app = create_app(model, logins=logins)
     click.echo(f"model: {_model_line(model)}")
     click.echo(f"wbc app: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl+C stops it)")
     uvicorn.run(web_app, host=host, port=port, log_level="warning")
+
+
+@cli.command("app-login")
+@click.argument("name")
+@_option("--auth-file", envvar="WBC_APP_AUTH_FILE", required=True, type=click.Path(dir_okay=False),
+         help="The logins file wbc app reads (created if missing, readable by its owner only). Env: WBC_APP_AUTH_FILE.")
+@click.password_option(help="Prompted for (twice) unless piped in; never pass it on a command line.")
+@_user_errors
+def app_login(name: str, auth_file: str, password: str) -> None:
+    """Add login NAME to the web page's logins file, or set a new password for it."""
+    from wbc.app.auth import add_login
+
+    new = add_login(auth_file, name, password)
+    click.echo(f"{'added' if new else 'changed the password of'} login {name} in {auth_file}")
 
 
 @cli.command()

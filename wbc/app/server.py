@@ -17,11 +17,14 @@ import zipfile
 from pathlib import Path
 
 import torch
-from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.formparsers import MultiPartParser
 
 from wbc import defaults
 from wbc.classes import CLASS_NAMES
+from wbc.app.auth import verify_password
 from wbc.data.images import MAX_IMAGE_BYTES, split_pages
 from wbc.errors import WBCError
 from wbc.evaluation.explain import GradCam, image_png, overlay_png
@@ -222,15 +225,20 @@ def batch_summary(predictions: list[Prediction]) -> dict:
     }
 
 
-def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH) -> FastAPI:
+def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH, logins: dict[str, str] | None = None) -> FastAPI:
+    """The page and its API on ``model_uri``. With ``logins`` (``{name: scrypt hash}``, :mod:`wbc.app.auth`) every
+    route but ``/health`` needs HTTP basic auth. Uploads are held in memory, never spooled to disk, and neither
+    they nor their names are logged."""
     classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size), model_uri)
+    MultiPartParser.spool_max_size = MAX_ZIP_BYTES + 1  # starlette spools bigger parts to a temporary file
+    login = _login_check(logins)
     app = FastAPI(title="wbc", description="White blood cell classification", version="1")
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, dependencies=login)
     def page() -> str:
         return PAGE.read_text(encoding="utf-8")
 
-    @app.get("/api/model")
+    @app.get("/api/model", dependencies=login)
     def model_info() -> dict:
         return classifier.describe()
 
@@ -238,7 +246,7 @@ def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH) -> Fast
     def health() -> dict:
         return {"status": "ok"}
 
-    @app.post("/api/classify")
+    @app.post("/api/classify", dependencies=login)
     def classify(files: list[UploadFile] = File(default=[])) -> dict:
         try:
             cells = expand_uploads(files)
@@ -248,3 +256,17 @@ def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH) -> Fast
             raise HTTPException(status_code=400, detail=str(error)) from None
 
     return app
+
+
+def _login_check(logins: dict[str, str] | None) -> list:
+    """The route dependency that answers 401 without a valid login (none when ``logins`` is None)."""
+    if logins is None:
+        return []
+    basic = HTTPBasic(realm="wbc", auto_error=False)
+
+    def check(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        encoded = logins.get(credentials.username) if credentials else None
+        if encoded is None or not verify_password(credentials.password, encoded):
+            raise HTTPException(status_code=401, detail="log in with your wbc login", headers={"WWW-Authenticate": 'Basic realm="wbc"'})
+
+    return [Depends(check)]
