@@ -111,6 +111,7 @@ def test_page_shows_labels_heatmaps_and_the_differential_count(browser, app_url,
     assert int(browser.find_element(By.ID, "total").text) == len(counted)
     assert "calibrated" in browser.find_element(By.ID, "explain").text
     assert "TIFF" in browser.find_element(By.ID, "drop").text, "the page lists what it really accepts"
+    assert "never written to disk or to a log" in browser.find_element(By.ID, "privacy").text
     assert browser.find_element(By.ID, "csv").get_attribute("href").startswith("blob:")
     screenshot = Path(os.environ.get("WBC_SCREENSHOT_DIR", tmp_path)) / "app.png"
     screenshot.parent.mkdir(parents=True, exist_ok=True)
