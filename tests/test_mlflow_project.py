@@ -275,7 +275,7 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     assert [run.data.params["image_size"] for run in runs] == ["64"] * 3, "every stage at the size asked for"
     # stage 2 continues stage 1's model with the shift augmentation, in a run of its own
     assert second.data.params["init_from"] == f"runs:/{first.info.run_id}/model"
-    assert second.data.params["augment"] == "stain" and second.data.params["epochs"] == "1"
+    assert second.data.params["augment"] == "robust" and second.data.params["epochs"] == "1"
     assert float(second.data.params["lr"]) == pytest.approx(3e-4)
     # the default 90-minute budget caps stage 1 at 47 % of it and stage 2 at what stage 1 left
     assert float(first.data.params["max_time"]) == pytest.approx(TIME_BUDGET_MINUTES * STAGE1_TIME_SHARE)
