@@ -20,8 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.metadata
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -53,7 +51,7 @@ SIGNATURE = ModelSignature(
 )
 _RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "pillow", "numpy", "pandas", "mlflow", "onnxruntime", "lazy-loader")
 """What the load and predict path imports (beside the standard library and what these pull in): the requirements
-of the logged model, pinned to the versions it was logged with; tests/test_self_contained.py checks the list."""
+of the logged model, pinned to the versions it was logged with."""
 
 
 def _decode_base64(value, row: str) -> bytes | str:
@@ -114,22 +112,12 @@ def pip_requirements() -> list[str]:
 
 
 def log_pyfunc_model(export_dir: str | Path, example_image: str | Path, name: str = "model"):
-    """Log the exported model folder as a pyfunc model in the active run; return its ModelInfo.
-
-    The model carries the ``wbc`` package it was logged with (MLflow's ``code_paths``: ``code/wbc`` in the model
-    folder, put first on ``sys.path`` when MLflow loads it), so it loads and predicts where wbc is not installed:
-    a fresh ``mlflow models serve`` environment, a container, another machine."""
-    import wbc
-
-    with tempfile.TemporaryDirectory() as scratch:
-        code = Path(scratch) / "wbc"
-        shutil.copytree(Path(wbc.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={"model": str(export_dir)},
-            code_paths=[str(code)],
-            signature=SIGNATURE,
-            input_example=pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]}),
-            pip_requirements=pip_requirements(),
-        )
+    """Log the exported model folder as a pyfunc model in the active run; return its ModelInfo."""
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        artifacts={"model": str(export_dir)},
+        signature=SIGNATURE,
+        input_example=pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]}),
+        pip_requirements=pip_requirements(),
+    )
