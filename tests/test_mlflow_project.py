@@ -241,6 +241,15 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     assert rows[1]["label"] == "" and rows[1]["confidence"] is None and "not an image" in rows[1]["error"]
     assert "NaN" not in response.text, "strict JSON: a missing number is null"
 
+    # a row holds one image: a TIFF stack is refused naming its page count, alone (400) or beside a good row
+    stack = io.BytesIO()
+    Image.new("RGB", (50, 50), (200, 100, 100)).save(stack, "TIFF", save_all=True, append_images=[Image.new("RGB", (50, 50))] * 2)
+    alone = requests.post(f"{url}/invocations", json=split(_b64(stack.getvalue())), timeout=60)
+    assert alone.status_code == 400 and "row 0: 3 images in one file" in alone.text, alone.text[:300]
+    beside = {"dataframe_split": {"columns": ["image"], "data": [[_b64(_png_bytes())], [_b64(stack.getvalue())]]}}
+    rows = requests.post(f"{url}/invocations", json=beside, timeout=60).json()["predictions"]
+    assert rows[0]["error"] == "" and "3 images in one file" in rows[1]["error"] and rows[1]["label"] == ""
+
 
 def test_an_entry_point_passes_on_parameters_it_does_not_declare(synthetic_data, tmp_path):
     result = _mlflow_run(tmp_path, "finetune", "arch=efficientnet_lite0", f"data_dir={synthetic_data}", "epochs=1", "weights=none",
