@@ -70,7 +70,7 @@ class ShiftBenchResult:
     @property
     def shifted(self) -> pd.DataFrame:
         """The synthetic conditions."""
-        return self.table[~self.table["shift"].isin(["none", REAL_SHIFT])]
+        return synthetic_rows(self.table)
 
     @property
     def real(self) -> pd.DataFrame:
@@ -170,6 +170,11 @@ def run_shiftbench(
                             limited=limit_per_class > 0)
 
 
+def synthetic_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the synthetic shifts: neither the clean row nor the real-shift (other lab) rows."""
+    return table[~table["shift"].isin(["none", REAL_SHIFT])]
+
+
 def default_labs(data_dir: str | Path) -> list[Path]:
     """``<data_dir>/other-lab`` (:data:`wbc.defaults.OTHER_LAB`) when it is a folder, else nothing."""
     folder = Path(data_dir) / defaults.OTHER_LAB
@@ -185,7 +190,7 @@ def shiftbench_figure(table: pd.DataFrame, title: str = ""):
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     clean = table[table["shift"] == "none"].iloc[0]
-    for name, group in table[~table["shift"].isin(["none", REAL_SHIFT])].groupby("shift", sort=False):
+    for name, group in synthetic_rows(table).groupby("shift", sort=False):
         severities = [0, *group["severity"]]
         left.plot(severities, [clean["accuracy"], *group["accuracy"]], marker="o", label=name)
         right.plot(severities, [clean["flagged"], *group["flagged"]], marker="o", label=name)

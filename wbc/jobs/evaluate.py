@@ -44,9 +44,11 @@ def evaluate_model(
     if images is not None:
         LabelledFolder(images)
         prefix, source = "images", str(Path(images).resolve())
+        dataset_root, dataset_name, context = images, Path(images).resolve().name, "evaluation"
     else:
         BarcelonaDataset(data_dir, split)
         prefix, source = split, str(Path(data_dir).resolve())
+        dataset_root, dataset_name, context = Path(data_dir) / "barcelona", f"barcelona/{split}", split
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
     if images is not None:
         dataset = load_folder(images, predictor.image_size, cache_dir=cache_dir)
@@ -76,10 +78,7 @@ def evaluate_model(
                  "images": source if images is not None else "", "size": len(dataset), "tta": tta, "runtime": predictor.runtime,
                  "classes_present": ",".join(CLASS_NAMES[i] for i in evaluation.present_classes)}
             )
-            if images is not None:
-                log_image_dataset(dataset.paths, dataset.targets, images, Path(images).resolve().name, "evaluation")
-            else:
-                log_image_dataset(dataset.paths, dataset.targets, Path(data_dir) / "barcelona", f"barcelona/{split}", split)
+            log_image_dataset(dataset.paths, dataset.targets, dataset_root, dataset_name, context)
             mlflow.log_metrics(evaluation.metrics(prefix))
             for path in files:  # only what this evaluation wrote, whatever else the folder holds
                 mlflow.log_artifact(str(path))

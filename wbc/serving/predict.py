@@ -26,10 +26,10 @@ def predict_files(paths, model: str, batch_size: int = defaults.SCORING_BATCH, t
     if not files:
         raise InputNotFound(f"{', '.join(map(str, paths))}: no files to classify")
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
-    cells = [cell for path in files for cell in split_pages(path, display_path(path))]  # each page of a TIFF stack a cell
     frames = []
-    for start in range(0, len(cells), batch_size):
-        chunk = cells[start : start + batch_size]
+    for start in range(0, len(files), batch_size):
+        # each page of a TIFF stack a cell, split a chunk at a time so that only one chunk's pages are in memory
+        chunk = [cell for path in files[start : start + batch_size] for cell in split_pages(path, display_path(path))]
         names = [name for name, _ in chunk]
         predictions = predictor.predict_sources([source for _, source in chunk], names)
         frames.append(predictions_frame(predictions).assign(file=names))

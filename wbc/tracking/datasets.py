@@ -21,11 +21,23 @@ DIGEST_LENGTH = 16
 def content_digest(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> str:
     """SHA-256 over every file's name relative to ``root`` and its bytes, in the order given: any changed, added,
     removed or renamed file changes it; copying the folder elsewhere does not. First :data:`DIGEST_LENGTH` hex digits."""
-    digest = hashlib.sha256()
+    return _digest(paths, _relative_names(paths, root))
+
+
+def _relative_names(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> list[str]:
+    """Each path relative to ``root`` (as given when it lies outside)."""
     root = Path(root).resolve()
+    names = []
     for path in paths:
-        path = Path(path).resolve()
-        digest.update(os.fsencode(path.relative_to(root) if path.is_relative_to(root) else path) + b"\0")
+        resolved = Path(path).resolve()
+        names.append(str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path))
+    return names
+
+
+def _digest(paths: Sequence[str | os.PathLike], names: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for path, name in zip(paths, names):
+        digest.update(os.fsencode(name) + b"\0")
         with open(path, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()[:DIGEST_LENGTH]
@@ -37,12 +49,9 @@ def log_image_dataset(paths: Sequence[str | os.PathLike], targets: Sequence[int]
     input ``name`` (for example ``barcelona/train``) with ``context`` (``train``, ``valid``, ``test``, ``evaluation``,
     ``adaptation``): one row per file (its path relative to ``root`` and its class), the folder as source, and
     :func:`content_digest` as digest."""
-    root = Path(root).resolve()
-    table = pd.DataFrame({
-        "file": [str(Path(p).resolve().relative_to(root)) if Path(p).resolve().is_relative_to(root) else str(p) for p in paths],
-        "class": [CLASS_NAMES[t] if t >= 0 else "" for t in targets],
-    })
+    names = _relative_names(paths, root)
+    table = pd.DataFrame({"file": names, "class": [CLASS_NAMES[t] if t >= 0 else "" for t in targets]})
     with warnings.catch_warnings():  # MLflow 3.17 registers its local-path source class twice and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        dataset = mlflow.data.from_pandas(table, source=str(root), name=name, digest=content_digest(paths, root))
+        dataset = mlflow.data.from_pandas(table, source=str(Path(root).resolve()), name=name, digest=_digest(paths, names))
     mlflow.log_input(dataset, context=context)
