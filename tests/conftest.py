@@ -13,6 +13,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,11 +102,15 @@ def free_port() -> int:
 def start_http_server(command: list[str], health_url: str, *, env: dict, cwd: Path, timeout: float = 180) -> subprocess.Popen:
     """Start ``command`` in its own process group and wait until ``health_url`` answers 200.
 
-    Its temporary files (MLflow's model downloads) go to ``cwd/tmp``."""
+    Its temporary files (MLflow's model downloads) go to ``cwd/tmp``; its output to a file, ``process.log`` (a pipe
+    nobody reads fills up, and the server then blocks on its next log line)."""
     (cwd / "tmp").mkdir(exist_ok=True)
     env = {**env, "TMPDIR": str(cwd / "tmp")}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    log = Path(tempfile.mkstemp(dir=cwd, prefix=f"{Path(command[0]).name}-", suffix=".log")[1])
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+    process.log = log
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -114,10 +119,10 @@ def start_http_server(command: list[str], health_url: str, *, env: dict, cwd: Pa
         except requests.ConnectionError:
             pass
         if process.poll() is not None:
-            pytest.fail(f"{command[:3]} exited: " + process.stdout.read()[-3000:])
+            pytest.fail(f"{command[:3]} exited: " + log.read_text()[-3000:])
         time.sleep(1)
     stop_process_group(process)
-    pytest.fail(f"{command[:3]} did not answer {health_url} within {timeout:.0f} s")
+    pytest.fail(f"{command[:3]} did not answer {health_url} within {timeout:.0f} s: " + log.read_text()[-3000:])
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 60) -> None:

@@ -269,5 +269,5 @@ def test_with_logins_every_route_but_health_needs_one_and_uploads_leave_no_trace
             browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
     finally:
         stop_process_group(process)
-    log = process.stdout.read()
+    log = process.log.read_text()
     assert "PATIENT-4711" not in log and cell.name not in log

@@ -16,6 +16,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from fastapi import Depends, FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
@@ -185,7 +186,7 @@ class CellClassifier:
         maps = {}
         for start in range(0, len(predictions), 32):
             chunk = predictions[start : start + 32]
-            images = torch.stack([p.pixels for p in chunk])
+            images = torch.from_numpy(np.stack([p.pixels for p in chunk]))
             targets = torch.tensor([int(p.probabilities.argmax()) for p in chunk])
             for prediction, image, heatmap in zip(chunk, images, self.gradcam.heatmaps(images, targets)):
                 maps[id(prediction)] = _data_url(overlay_png(image, heatmap))
@@ -229,7 +230,7 @@ def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH, logins:
     """The page and its API on ``model_uri``. With ``logins`` (``{name: scrypt hash}``, :mod:`wbc.app.auth`) every
     route but ``/health`` needs HTTP basic auth. Uploads are held in memory, never spooled to disk, and neither
     they nor their names are logged."""
-    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size), model_uri)
+    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size, torch_model=True), model_uri)
     MultiPartParser.spool_max_size = MAX_ZIP_BYTES + 1  # starlette spools bigger parts to a temporary file
     login = _login_check(logins)
     app = FastAPI(title="wbc", description="White blood cell classification", version="1")

@@ -85,7 +85,7 @@ def fit_calibration(
     confidences, predicted = after.max(dim=1)
     correct = (predicted == targets).numpy()
     threshold = review_threshold(confidences.numpy(), correct, target_error)
-    scores = in_distribution_score(logits, temperature).numpy()
+    scores = in_distribution_score(logits, temperature)
     calibration = Calibration(
         temperature=temperature,
         review_threshold=threshold,

@@ -40,9 +40,9 @@ def overlay_png(image: torch.Tensor, heatmap: np.ndarray, alpha: float = 0.45) -
     return _png((blended * 255).round().astype(np.uint8))
 
 
-def image_png(image: torch.Tensor) -> bytes:
-    """The image (3, H, W) uint8 as PNG bytes."""
-    return _png(image.permute(1, 2, 0).numpy())
+def image_png(image: np.ndarray | torch.Tensor) -> bytes:
+    """The image, uint8 (3, H, W), as PNG bytes."""
+    return _png(np.ascontiguousarray(np.asarray(image).transpose(1, 2, 0)))
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -1,4 +1,5 @@
-"""The exported model on disk: write it, read it back, and find it behind an MLflow URI.
+"""The exported model on disk: write it and read its PyTorch network back (reading the rest, and finding a model
+behind an MLflow URI, needs no PyTorch: :mod:`wbc.inference.exported`).
 
 An exported model is a folder with ``weights.pt`` (a plain state dict), ``model.json`` (architecture,
 image size, class names, calibration) and, when the export checked out, ``model.onnx`` (the same network
@@ -9,38 +10,25 @@ ever executed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from wbc._io import atomic_torch_save, sqlite_file
+from wbc._io import atomic_torch_save
 from wbc.classes import CLASS_NAMES
-from wbc.errors import WBCError
 from wbc.inference.calibration import Calibration
-from wbc.inference.onnx import (
-    INT8_FILE,
-    ONNX_FILE,
-    OnnxNetwork,
-    OnnxUnavailable,
-    export_onnx,
-    file_digest,
-    quantize_onnx,
-    random_check_images,
+from wbc.inference.exported import (
+    EXPORT_CONFIG,
+    EXPORT_WEIGHTS,
+    ModelLoadError,
+    load_export_config,
+    resolved_model,
 )
+from wbc.inference.onnx import INT8_FILE, ONNX_FILE, OnnxUnavailable, export_onnx, file_digest, quantize_onnx, random_check_images
 from wbc.models import Classifier, build_model
-
-EXPORT_WEIGHTS = "weights.pt"
-EXPORT_CONFIG = "model.json"
-
-
-class ModelLoadError(WBCError, ValueError):
-    """A model path or URI cannot be loaded; the message names it."""
 
 
 def export_model(
@@ -98,32 +86,6 @@ def export_metrics(directory: str | os.PathLike) -> dict[str, float]:
     return metrics
 
 
-def load_export_config(path: str | os.PathLike) -> dict:
-    """``model.json`` of an exported model folder ({} for checkpoints)."""
-    config_path = Path(path) / EXPORT_CONFIG
-    return json.loads(config_path.read_text()) if config_path.is_file() else {}
-
-
-def onnx_network(folder: Path, int8: bool = False) -> OnnxNetwork:
-    """The exported folder's ONNX flavour (or its int8 one), if it has one made from its current weights."""
-    if not folder.is_dir():
-        raise OnnxUnavailable(f"{folder.name} is a checkpoint: ONNX comes with exported models (outputs/<run>/model, MLflow URIs)")
-    filename, key = (INT8_FILE, "onnx_int8") if int8 else (ONNX_FILE, "onnx")
-    entry = load_export_config(folder).get(key)
-    if not entry or not (folder / filename).is_file():
-        how = "train with --int8, or `wbc calibrate RUN_ID --int8` adds it" if int8 else "models logged before ONNX export: `wbc calibrate RUN_ID` adds it"
-        raise OnnxUnavailable(f"has no {filename} ({how})")
-    if entry.get("weights_sha256") != file_digest(folder / EXPORT_WEIGHTS):
-        raise OnnxUnavailable(f"{folder / filename} was not exported from this folder's {EXPORT_WEIGHTS}")
-    return OnnxNetwork(folder / filename)
-
-
-def load_calibration(path: str | os.PathLike) -> Calibration | None:
-    """The calibration stored with an exported model folder (None for checkpoints and uncalibrated models)."""
-    values = load_export_config(path).get("calibration")
-    return Calibration.from_dict(values) if values else None
-
-
 def _from_state(arch: str, state: dict, source: Path) -> Classifier:
     model = build_model(arch, num_classes=len(CLASS_NAMES), pretrained=False)
     try:
@@ -157,38 +119,7 @@ def load_model(path: str | os.PathLike) -> tuple[Classifier, int]:
     return _from_state(hparams["arch"], state, path), int(hparams["image_size"])
 
 
-@contextlib.contextmanager
-def resolved_model(model: str) -> Iterator[Path]:
-    """A local checkpoint/export path as is; an MLflow URI (``runs:/``, ``models:/``, ``m-...``) downloaded
-    into a scratch folder that is removed on exit, so load what you need inside the ``with``.
-
-    Logged pyfunc models keep the exported weights in their ``artifacts/model`` folder.
-    """
-    local = Path(model)
-    if local.exists() or "://" not in model and ":/" not in model:
-        yield _exported_inside(local) if local.is_dir() else local
-        return
-    import mlflow
-
-    store = mlflow.get_tracking_uri()
-    # reading never creates a store: MLflow would make an empty database (and an experiment) on first contact
-    if (database := sqlite_file(store)) is not None and not database.exists():
-        raise ModelLoadError(f"{model}: there is no MLflow store at {store} yet: train and register a model first "
-                             "(wbc main), or point MLFLOW_TRACKING_URI at the store that holds it")
-    with tempfile.TemporaryDirectory(prefix="wbc-model-") as scratch:
-        try:
-            downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=scratch))
-        except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
-            raise ModelLoadError(f"{model}: cannot load this model URI ({str(error).splitlines()[0]})") from None
-        yield _exported_inside(downloaded)
-
-
 def load_model_from(model: str) -> tuple[Classifier, int]:
     """``load_model`` on a path or MLflow URI (see ``resolved_model``)."""
     with resolved_model(model) as path:
         return load_model(path)
-
-
-def _exported_inside(directory: Path) -> Path:
-    nested = directory / "artifacts" / "model"
-    return nested if (nested / EXPORT_CONFIG).exists() else directory

@@ -2,7 +2,7 @@
 
 The numbers are fitted on the validation split by :mod:`wbc.evaluation.calibration` (temperature scaling,
 Guo et al. 2017; review threshold; energy out-of-distribution threshold, Liu et al. 2020); here they are
-only applied, with torch alone, so the served model needs nothing else.
+only applied, with NumPy alone, so the served model needs nothing else (no PyTorch).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -35,10 +34,11 @@ class Calibration:
         known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
         return cls(**known)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.float() / self.temperature, dim=1)
+    def probabilities(self, logits) -> np.ndarray:
+        """Temperature-scaled class probabilities, float32 (N, C), for logits (N, C) (an array or a tensor)."""
+        return softmax(logits, self.temperature)
 
-    def in_distribution_score(self, logits: torch.Tensor) -> torch.Tensor:
+    def in_distribution_score(self, logits) -> np.ndarray:
         return in_distribution_score(logits, self.temperature)
 
     def in_distribution(self, scores):
@@ -61,8 +61,22 @@ def is_blank(pixels: np.ndarray) -> np.ndarray:
     return flat.std(axis=1) < BLANK_STD
 
 
-def in_distribution_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Negative free energy per row; higher = more like the training data."""
-    return temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+def _scaled(logits, temperature: float) -> np.ndarray:
+    return np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of ``logits / temperature`` per row: float32 (N, C) for logits (N, C), an array or a CPU tensor."""
+    scaled = _scaled(logits, temperature)
+    exponentials = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def in_distribution_score(logits, temperature: float = 1.0) -> np.ndarray:
+    """Negative free energy per row, float32 (N,) for logits (N, C): ``T * logsumexp(logits / T)``; higher = more like
+    the training data (Liu et al. 2020)."""
+    scaled = _scaled(logits, temperature)
+    peak = scaled.max(axis=1)
+    return np.float32(temperature) * (peak + np.log(np.exp(scaled - peak[:, None]).sum(axis=1)))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,15 +186,16 @@ class OnnxNetwork:
     """Callable like the network: uint8 images (N, 3, S, S) → float logits (N, 8), through ONNX Runtime."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        import torch
-
+        """``threads``: ONNX Runtime's intra-op threads; by default PyTorch's count where PyTorch is loaded (so the
+        two agree in one process), else ONNX Runtime's own default (the physical cores)."""
         try:
             import onnxruntime
         except ImportError as error:
             raise OnnxUnavailable(f"onnxruntime is not installed ({error}): pip install onnxruntime") from None
         self.path = Path(path)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        torch = sys.modules.get("torch")
+        options.intra_op_num_threads = threads or (torch.get_num_threads() if torch is not None else 0)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:

@@ -1,23 +1,30 @@
 """Score images with a trained model: every consumer (``wbc evaluate``, ``wbc predict``, the served MLflow
-model, the web page) goes through :class:`Predictor`, so they preprocess and score identically."""
+model, the web page) goes through :class:`Predictor`, so they preprocess and score identically.
+
+Scoring is NumPy around one network call: ONNX Runtime's (no PyTorch imported at all) or PyTorch's."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
 
 from wbc import defaults
 from wbc.classes import CLASS_NAMES
-from wbc.data.images import ImageDecodeError, ImageSource, decode_image
-from wbc.inference.artifact import ModelLoadError, onnx_network, load_calibration, load_model, resolved_model
-from wbc.inference.calibration import Calibration, in_distribution_score, is_blank
+from wbc.data.images import ImageDecodeError, ImageSource, decode_image_array
+from wbc.inference.calibration import Calibration, in_distribution_score, is_blank, softmax
+from wbc.inference.exported import ModelLoadError, load_calibration, load_export_config, onnx_network, resolved_model
 from wbc.inference.onnx import INT8_FILE, ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, UnknownRuntime
-from wbc.models import Classifier
+
+if TYPE_CHECKING:
+    import torch
+
+    from wbc.models import Classifier
+
+TORCH_MISSING = "PyTorch is not installed"
 
 
 @dataclass
@@ -30,8 +37,8 @@ class Prediction:
     """False when the image looks unlike the training data (None: the model has no calibration)."""
     review: bool | None = None
     """True when the calibrated confidence is below the model's review threshold (None: no calibration)."""
-    pixels: torch.Tensor | None = field(default=None, repr=False)
-    """The decoded image (3, S, S) uint8, when asked for (``keep_pixels``)."""
+    pixels: np.ndarray | None = field(default=None, repr=False)
+    """The decoded image, uint8 (3, S, S), when asked for (``keep_pixels``)."""
 
     @property
     def label(self) -> str | None:
@@ -42,10 +49,10 @@ class Prediction:
         return None if self.probabilities is None else float(self.probabilities.max())
 
 
-def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips/rotations of a batch (N, C, H, W); a cell has no preferred orientation."""
-    rotations = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
-    return rotations + [torch.flip(view, dims=(-1,)) for view in rotations]
+def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips/rotations of a batch (N, C, H, W), contiguous; a cell has no preferred orientation."""
+    rotations = [np.rot90(images, k, axes=(-2, -1)) for k in range(4)]
+    return [np.ascontiguousarray(view) for view in rotations + [np.flip(view, axis=-1) for view in rotations]]
 
 
 @dataclass
@@ -59,23 +66,29 @@ class Scores:
 class Predictor:
     """Scores images with a :class:`Classifier` at its image size, in batches, in inference mode.
 
-    ``network`` runs the model instead of PyTorch (an :class:`~wbc.inference.onnx.OnnxNetwork`; the PyTorch
-    ``model`` stays for Grad-CAM). ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations
-    of each image (8x the compute). With a :class:`Calibration` the probabilities are temperature-scaled
-    and each prediction carries the review and in-distribution flags (not with ``tta``: the thresholds
-    were fitted on single views).
+    ``network`` runs the model instead of PyTorch (an :class:`~wbc.inference.onnx.OnnxNetwork`); ``model`` (the
+    PyTorch network) may then be None, and is needed only for Grad-CAM and for adapting the weights.
+    ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations of each image
+    (8x the compute). With a :class:`Calibration` the probabilities are temperature-scaled and each prediction
+    carries the review and in-distribution flags (not with ``tta``: the thresholds were fitted on single views).
     """
 
     def __init__(
         self,
-        model: Classifier,
+        model: Classifier | None,
         image_size: int,
         batch_size: int = defaults.SCORING_BATCH,
         tta: bool = False,
         calibration: Calibration | None = None,
         network: OnnxNetwork | None = None,
     ) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        if model is None and network is None:
+            raise ValueError("a Predictor needs a PyTorch model or an ONNX network")
+        if model is not None:
+            import torch
+
+            model = model.eval().to(memory_format=torch.channels_last)
+        self._model = model
         self.network = network
         self.image_size = image_size
         self.batch_size = batch_size
@@ -83,17 +96,28 @@ class Predictor:
         self.calibration = calibration
 
     @classmethod
-    def load(cls, path: str | os.PathLike, batch_size: int = defaults.SCORING_BATCH, tta: bool = False, runtime: str = "auto") -> "Predictor":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        batch_size: int = defaults.SCORING_BATCH,
+        tta: bool = False,
+        runtime: str = "auto",
+        torch_model: bool = False,
+    ) -> "Predictor":
         """From a checkpoint, an exported folder, a logged MLflow model folder or an MLflow model URI.
 
         ``runtime``: ``onnx`` runs the exported ``model.onnx`` with ONNX Runtime, ``onnx-int8`` its int8
         quantization ``model.int8.onnx`` (faster, answers may differ; never chosen by ``auto``), ``torch`` runs
         PyTorch, ``auto`` (default) takes ONNX when the model has it and onnxruntime is installed.
+        When ONNX runs the model, the PyTorch network is not loaded (nor PyTorch imported: the served model) unless
+        ``torch_model`` asks for it (:attr:`model`, for Grad-CAM).
+
+        Raises :class:`ModelLoadError` (one line, naming the model) for an unreadable model, a runtime the model
+        does not have, or a model that needs PyTorch where it is not installed.
         """
         if runtime not in RUNTIMES:
             raise UnknownRuntime(f"runtime={runtime!r} is invalid: choose one of {', '.join(RUNTIMES)}")
         with resolved_model(str(path)) as resolved:
-            model, image_size = load_model(resolved)
             network = None
             if runtime != "torch":
                 try:
@@ -103,8 +127,20 @@ class Predictor:
                         raise ModelLoadError(f"{path}: {error}") from None
                     if resolved.is_dir() and (resolved / ONNX_FILE).exists():
                         warnings.warn(f"{error}; running the model in PyTorch instead", stacklevel=2)
+            model, image_size = None, None
+            if network is None or torch_model:
+                model, image_size = _load_torch_model(resolved, path, needed=network is None)
+            if image_size is None:
+                image_size = int(load_export_config(resolved)["image_size"])
             calibration = load_calibration(resolved)
         return cls(model, image_size, batch_size, tta, calibration=calibration, network=network)
+
+    @property
+    def model(self) -> Classifier:
+        """The PyTorch network (Grad-CAM, adaptation); :class:`ModelLoadError` when it was not loaded."""
+        if self._model is None:
+            raise ModelLoadError("this predictor runs ONNX only: load it with torch_model=True for its PyTorch network")
+        return self._model
 
     @property
     def runtime(self) -> str:
@@ -116,31 +152,35 @@ class Predictor:
     def temperature(self) -> float:
         return self.calibration.temperature if self.calibration else 1.0
 
-    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        """float32 logits (N, 8) for a contiguous uint8 batch (N, 3, S, S)."""
         if self.network is not None:
-            return self.network(batch)
-        return self.model(batch.contiguous(memory_format=torch.channels_last)).float()
+            return self.network.run(batch)
+        import torch
 
-    def _score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            images = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            return self._model(images).float().numpy()
+
+    def _score(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         views = dihedral_views(batch) if self.tta else [batch]
         probabilities, scores = 0, 0
         for view in views:
             logits = self._logits(view)
-            probabilities = probabilities + torch.softmax(logits / self.temperature, dim=1)
+            probabilities = probabilities + softmax(logits, self.temperature)
             scores = scores + in_distribution_score(logits, self.temperature)
         return probabilities / len(views), scores / len(views)
 
     def _batches(self, images):
         for start in range(0, len(images), self.batch_size):
-            yield torch.from_numpy(np.array(images[start : start + self.batch_size]))
+            yield np.ascontiguousarray(np.asarray(images[start : start + self.batch_size]), dtype=np.uint8)
 
-    @torch.inference_mode()
     def score_pixels(self, images: torch.Tensor | np.ndarray) -> Scores:
         """Probabilities and in-distribution scores for decoded uint8 images (N, 3, S, S)."""
         results = [self._score(batch) for batch in self._batches(images)]
         if not results:
             return Scores(np.zeros((0, len(CLASS_NAMES)), dtype=np.float32), np.zeros(0, dtype=np.float32))
-        return Scores(torch.cat([p for p, _ in results]).numpy(), torch.cat([s for _, s in results]).numpy())
+        return Scores(np.concatenate([p for p, _ in results]), np.concatenate([s for _, s in results]))
 
     def flags(self, scores: Scores, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(in_distribution, review)`` for decoded uint8 images (N, 3, S, S) scored as ``scores``: object arrays (N,)
@@ -160,11 +200,10 @@ class Predictor:
         """Class probabilities (N, 8) for decoded uint8 images (N, 3, S, S)."""
         return self.score_pixels(images).probabilities
 
-    @torch.inference_mode()
     def logits_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Raw logits (N, 8), one view per image: what calibration is fitted on."""
+        """Raw logits, float32 (N, 8), one view per image: what calibration is fitted on."""
         outputs = [self._logits(batch) for batch in self._batches(images)]
-        return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
 
     def predict_sources(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None = None, keep_pixels: bool = False
@@ -174,7 +213,7 @@ class Predictor:
         decoded, predictions = [], []
         for source, name in zip(sources, names):
             try:
-                decoded.append(decode_image(source, self.image_size, name=name))
+                decoded.append(decode_image_array(source, self.image_size, name=name).transpose(2, 0, 1))
                 predictions.append(Prediction(name, None))
             except ImageDecodeError as error:
                 predictions.append(Prediction(name, None, str(error)))
@@ -200,3 +239,16 @@ class Predictor:
         return [next(scored) if isinstance(item, bytes) else Prediction(name, None, item) for name, item in items]
 
 
+
+
+def _load_torch_model(resolved, path, needed: bool):
+    """(PyTorch model, image size) of a resolved model; when PyTorch is missing, (None, None) if ONNX runs the model
+    (``needed`` False), else a :class:`ModelLoadError` saying what to install."""
+    try:
+        from wbc.inference.artifact import load_model
+    except ImportError as error:
+        if not needed:
+            return None, None
+        raise ModelLoadError(f"{path}: this model runs in PyTorch (it has no ONNX flavour, or WBC_RUNTIME=torch), and "
+                             f"{TORCH_MISSING} here ({error}): pip install torch torchvision timm") from None
+    return load_model(resolved)

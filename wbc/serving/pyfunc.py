@@ -11,8 +11,14 @@ row can be scored is refused with HTTP 400 and the reason.
 
 Preprocessing is :class:`wbc.inference.Predictor`'s, the same as ``wbc evaluate`` and ``wbc predict``.
 The network runs in ONNX Runtime when the model carries ``model.onnx`` (about twice as fast in the
-server), else in PyTorch; ``WBC_RUNTIME=torch`` (or ``onnx``, or ``onnx-int8`` for the int8 quantization
-a model exported with ``--int8`` carries) in the server's environment chooses.
+server, and PyTorch is then never imported), else in PyTorch; ``WBC_RUNTIME=torch`` (or ``onnx``, or
+``onnx-int8`` for the int8 quantization a model exported with ``--int8`` carries) in the server's
+environment chooses.
+
+The logged model is self-contained: it carries the ``wbc`` package it was logged with (MLflow's
+``code_paths``: ``code/wbc/`` in the model folder, first on ``sys.path`` when MLflow loads it) and pins, in
+its ``requirements.txt``, exactly what its load and predict path imports: without PyTorch when it has an
+ONNX flavour (:func:`pip_requirements`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.metadata
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -32,6 +40,7 @@ from mlflow.types import ColSpec, Schema
 from wbc._process import tune_malloc_in_process
 from wbc.data.images import MAX_IMAGE_BYTES
 from wbc.inference import Predictor
+from wbc.inference.exported import load_export_config
 from wbc.inference.onnx import runtime_from_environment
 from wbc.serving.tables import PROBABILITY_COLUMNS, predictions_frame
 
@@ -49,9 +58,11 @@ SIGNATURE = ModelSignature(
         ]
     ),
 )
-_RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "pillow", "numpy", "pandas", "mlflow", "onnxruntime", "lazy-loader")
-"""What the load and predict path imports (beside the standard library and what these pull in): the requirements
-of the logged model, pinned to the versions it was logged with."""
+SERVED_PACKAGES = ("mlflow-skinny", "pandas", "numpy", "pillow", "lazy-loader")
+"""What every served model's load and predict path imports (beside the standard library and what these pull in)."""
+ONNX_PACKAGES = ("onnxruntime",)
+TORCH_PACKAGES = ("torch", "torchvision", "timm")
+"""What a model without an ONNX flavour needs besides: the network runs in PyTorch."""
 
 
 def _decode_base64(value, row: str) -> bytes | str:
@@ -79,7 +90,7 @@ class WBCImageClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         tune_malloc_in_process()
-        self.predictor = Predictor.load(context.artifacts["model"], runtime=runtime_from_environment())
+        self.predictor = Predictor.load(context.artifacts["model"], runtime=runtime_from_environment(), torch_model=False)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
@@ -101,9 +112,13 @@ def encode_image_file(path: str | Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(export_dir: str | Path) -> list[str]:
+    """The logged model's requirements, pinned to the versions installed now: :data:`SERVED_PACKAGES`, plus ONNX
+    Runtime for a model with an ONNX flavour (PyTorch is then not needed: ``WBC_RUNTIME=torch`` asks for it, and
+    says so when it is missing), or PyTorch's packages for one without."""
+    has_onnx = "onnx" in load_export_config(export_dir)
     requirements = []
-    for package in _RUNTIME_PACKAGES:
+    for package in SERVED_PACKAGES + (ONNX_PACKAGES if has_onnx else TORCH_PACKAGES):
         try:
             requirements.append(f"{package}=={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
@@ -112,12 +127,19 @@ def pip_requirements() -> list[str]:
 
 
 def log_pyfunc_model(export_dir: str | Path, example_image: str | Path, name: str = "model"):
-    """Log the exported model folder as a pyfunc model in the active run; return its ModelInfo."""
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-        artifacts={"model": str(export_dir)},
-        signature=SIGNATURE,
-        input_example=pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]}),
-        pip_requirements=pip_requirements(),
-    )
+    """Log the exported model folder as a pyfunc model in the active run, with the ``wbc`` code it runs (MLflow's
+    ``code_paths``) and its :func:`pip_requirements`; return its ModelInfo."""
+    import wbc
+
+    with tempfile.TemporaryDirectory(prefix="wbc-code-") as scratch:
+        code = Path(scratch) / "wbc"
+        shutil.copytree(Path(wbc.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={"model": str(export_dir)},
+            code_paths=[str(code)],
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]}),
+            pip_requirements=pip_requirements(export_dir),
+        )
