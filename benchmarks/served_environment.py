@@ -68,6 +68,19 @@ def _serve_until_answer(model_uri: str, workdir: Path, port: int, env: dict) -> 
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+        _wait_until_closed(port)
+
+
+def _wait_until_closed(port: int, timeout: float = 60) -> None:
+    """The server's workers outlive the command by a moment: the next serve must not find them answering."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/ping", timeout=1)
+        except requests.ConnectionError:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"port {port} still answers {timeout:.0f} s after the server was stopped")
 
 
 def _size(path: Path) -> int:

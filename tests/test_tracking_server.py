@@ -112,3 +112,112 @@ def test_two_trainings_at_once_then_register_and_load_through_the_server(trackin
 
     predicted = model.predict(pd.DataFrame({"image": [base64.b64encode(png.getvalue()).decode()]}))
     assert predicted["error"][0] == "" and 0 < predicted["confidence"][0] <= 1
+
+
+def _create_database(postgres: str, name: str) -> str:
+    import psycopg2
+
+    dsn = postgres.replace("postgresql+psycopg2://", "postgresql://")
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    connection.close()
+    return postgres.rsplit("/", 1)[0] + f"/{name}"
+
+
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def auth_server(postgres, tmp_path_factory):
+    """The recipe of docs/operations.md, "The team server with logins": MLflow's basic-auth app, its users in a
+    PostgreSQL database of their own (deploy/basic_auth.ini with database_uri edited), runs in another."""
+    workdir = tmp_path_factory.mktemp("auth-server")
+    tracking = _create_database(postgres, "tracking_auth")
+    users = _create_database(postgres, "mlflow_auth")
+    recipe = (Path(__file__).parents[1] / "deploy" / "basic_auth.ini").read_text()
+    config = workdir / "basic_auth.ini"
+    config.write_text("\n".join(f"database_uri = {users}" if line.startswith("database_uri") else line
+                                for line in recipe.splitlines()))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_AUTH_CONFIG_PATH=str(config),
+               MLFLOW_FLASK_SERVER_SECRET_KEY="a secret the admin generated")
+    command = [MLFLOW, "server", "--app-name", "basic-auth", "--backend-store-uri", tracking, "--artifacts-destination",
+               str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+    # no admin password anywhere: the server refuses to start, saying so
+    refused = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr.strip().splitlines()[-1]
+
+    url = f"http://127.0.0.1:{port}"
+    process = start_http_server(command, f"{url}/health", env=env | {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}, cwd=workdir)
+    yield url, workdir
+    stop_process_group(process)
+
+
+def _client_env(url: str, tmp_path: Path, user: str | None, password: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=url, WBC_CACHE_DIR=str(tmp_path / "cache"))
+    if user is not None:
+        env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
+    return env
+
+
+def _wbc(env: dict, cwd: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wbc", *arguments], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _one_line_error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and lines[-1].startswith("Error: "), done.stderr[-3000:]
+    return lines[-1]
+
+
+def test_logins_and_roles_on_the_team_server(auth_server, synthetic_data, tmp_path):
+    import requests
+    from mlflow.server import get_app_client
+
+    url, workdir = auth_server
+    assert requests.get(f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 10}, timeout=30).status_code == 401
+    train = ["train", "--data-dir", str(synthetic_data), "--arch", "scratch", "--mode", "scratch", "--image-size", "32",
+             "--batch-size", "16", "--epochs", "1", "--no-onnx"]
+
+    anonymous = _wbc(_client_env(url, tmp_path, None, None), tmp_path, *train, "--experiment", "team")
+    line = _one_line_error(anonymous)
+    assert "needs a login" in line and "MLFLOW_TRACKING_USERNAME" in line and "MLFLOW_TRACKING_PASSWORD" in line
+    wrong = _wbc(_client_env(url, tmp_path, "admin", "not it"), tmp_path, *train, "--experiment", "team")
+    assert "refused the login of 'admin'" in _one_line_error(wrong)
+
+    admin = _client_env(url, tmp_path, "admin", ADMIN_PASSWORD)
+    trained = _wbc(admin, tmp_path, *train, "--experiment", "team", "--output-dir", str(tmp_path / "admin"))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    registered = _wbc(admin, tmp_path, "register", "--experiment", "team", "--metric", "best_val_f1")
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=url)
+    os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)
+    try:
+        champion = client.get_model_version_by_alias("wbc-classifier", "champion")
+        get_app_client("basic-auth", tracking_uri=url).create_user("lab-tech", "reads only 123")
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+
+    reader = _client_env(url, tmp_path, "lab-tech", "reads only 123")
+    loaded = subprocess.run([sys.executable, "-c", "import mlflow; mlflow.pyfunc.load_model('models:/wbc-classifier@champion')"],
+                            env=reader, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    own = _wbc(reader, tmp_path, *train, "--experiment", "lab-tech", "--output-dir", str(tmp_path / "reader"))
+    assert own.returncode == 0, own.stderr[-3000:]
+    refused = _wbc(reader, tmp_path, "register", "--experiment", "lab-tech", "--metric", "best_val_f1")
+    line = _one_line_error(refused)
+    assert "user 'lab-tech' has no permission to" in line and "ask the server's admin" in line, line
+    os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)
+    try:
+        after = client.get_model_version_by_alias("wbc-classifier", "champion")
+        versions = client.search_model_versions("name = 'wbc-classifier'")
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    assert after.version == champion.version and len(versions) == 1, "the refused register changed nothing"

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from wbc import defaults
-from wbc.errors import WBCError
+from wbc.errors import WBCError, server_refusal
 from wbc.inference.onnx import RUNTIMES
 from wbc.training.config import TrainConfig, default_of
 from wbc.training.recipes import MainSettings, main_config
@@ -42,6 +42,11 @@ def _user_errors(command):
             failure = click.ClickException(str(error))
             failure.exit_code = error.exit_code
             raise failure from None
+        except Exception as error:
+            explained = server_refusal(error) if type(error).__module__.startswith("mlflow") else None
+            if explained is None:
+                raise
+            raise click.ClickException(explained) from None
 
     return wrapper
 

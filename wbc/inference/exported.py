@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from wbc._io import sqlite_file
-from wbc.errors import WBCError
+from wbc.errors import WBCError, server_refusal
 from wbc.inference.calibration import Calibration
 from wbc.inference.onnx import INT8_FILE, ONNX_FILE, OnnxNetwork, OnnxUnavailable, file_digest
 
@@ -76,7 +76,8 @@ def resolved_model(model: str) -> Iterator[Path]:
         try:
             downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=scratch))
         except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
-            raise ModelLoadError(f"{model}: cannot load this model URI ({str(error).splitlines()[0]})") from None
+            explained = server_refusal(error) or f"cannot load this model URI ({str(error).splitlines()[0]})"
+            raise ModelLoadError(f"{model}: {explained}") from None
         yield _exported_inside(downloaded)
 
 
