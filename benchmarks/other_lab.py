@@ -1,7 +1,7 @@
 """A model on another lab's cells: zero-shot, adapted without labels, and fine-tuned on a few labelled cells.
 
 Usage: python benchmarks/other_lab.py MODEL [--images ../shared/data/other-lab] [--data-dir ../shared/data]
-       [--per-class 10] [--seeds 5] [--steps 60]
+       [--per-class 10] [--seeds 5] [--steps N]
 
 Every figure comes from ``wbc adapt`` itself (``wbc.jobs.adapt.adapt_model``), each call logged to a scratch MLflow
 store under this run's folder. Protocol for the labelled rows: for each seed, ``--per-class`` cells of every class
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=None, help="default: wbc adapt's")
     args = parser.parse_args()
 
     from wbc._process import tune_malloc_and_reexec
@@ -45,8 +45,9 @@ def main() -> None:
                              output_dir=f"{scratch}/outputs")
     rows = [("zero-shot", label_free.lab_before, label_free.valid_before),
             ("batch-norm statistics (no labels)", label_free.lab_after, label_free.valid_after)]
+    steps = {} if args.steps is None else {"steps": args.steps}
     tuned = [adapt_model(model, args.images, f"bench-{seed}", data_dir=args.data_dir, labelled_per_class=args.per_class,
-                         steps=args.steps, seed=seed, onnx=False, output_dir=f"{scratch}/outputs")
+                         seed=seed, onnx=False, output_dir=f"{scratch}/outputs", **steps)
              for seed in range(args.seeds)]
 
     def line(name, lab, valid):

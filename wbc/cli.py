@@ -18,7 +18,7 @@ from wbc import defaults
 from wbc.errors import WBCError, server_refusal
 from wbc.inference.onnx import RUNTIMES
 from wbc.training.config import TrainConfig, default_of
-from wbc.training.recipes import MainSettings, main_config
+from wbc.training.recipes import FEW_SHOT_STEPS, MainSettings, main_config
 
 
 def _option_names(flag: str) -> list[str]:
@@ -432,7 +432,7 @@ def app_login(name: str, auth_file: str, password: str) -> None:
          help="Share of the lab's images the out-of-distribution flag may fire on.")
 @_option("--labelled-per-class", default=0, show_default=True, type=click.IntRange(0),
          help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure. 0 = use no labels.")
-@click.option("--steps", default=60, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
+@click.option("--steps", default=FEW_SHOT_STEPS, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which cells fine-tune and which measure; the augmentation.")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
 @_cache_dir_option

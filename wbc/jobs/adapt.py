@@ -29,6 +29,7 @@ from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import check_lab_alias, register_adapted
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
+from wbc.training.recipes import FEW_SHOT_STEPS
 
 
 @dataclass
@@ -96,7 +97,7 @@ def adapt_model(
     output_dir: str = defaults.OUTPUT_DIR,
     flag_rate: float = DEFAULT_FLAG_RATE,
     labelled_per_class: int = 0,
-    steps: int = 60,
+    steps: int = FEW_SHOT_STEPS,
     seed: int = 0,
     onnx: bool = True,
     cache_dir: str | None = None,

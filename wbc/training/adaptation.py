@@ -10,6 +10,7 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from wbc.models import Classifier
+from wbc.training.recipes import FEW_SHOT_STEPS
 
 
 def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -38,7 +39,7 @@ def fine_tune_few_shot(
     *,
     replay_pixels: np.ndarray | None = None,
     replay_targets: np.ndarray | None = None,
-    steps: int = 60,
+    steps: int = FEW_SHOT_STEPS,
     batch_size: int = 16,
     lr: float = 1e-4,
     seed: int = 0,

@@ -1,0 +1,86 @@
+"""Few-shot recipes for ``wbc adapt --labelled-per-class``: which fine-tuning holds up on a lab's other cells.
+
+Usage: python benchmarks/few_shot_recipes.py MODEL [--variants base,s200,...] [--images ../shared/data/other-lab]
+       [--per-class 10] [--seeds 5]
+
+The protocol of ``wbc adapt`` (``wbc.jobs.adapt``) without its logging: for each seed, ``--per-class`` labelled cells
+of every class are drawn with ``wbc.jobs.adapt._split_per_class`` (the same draw as ``wbc adapt --seed``), batch-norm
+statistics are re-estimated on all the lab's images (no labels), the network is fine-tuned with
+``wbc.training.adaptation.fine_tune_few_shot`` and scored on the lab's other cells, among the classes present, with
+one view and with the 8 flips/rotations (TTA). One JSON line per variant: accuracy per seed, mean, minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+VARIANTS = {
+    "base": dict(steps=60, lr=1e-4, replay=True),
+    "lr3": dict(steps=60, lr=3e-4, replay=True),
+    "norep": dict(steps=60, lr=1e-4, replay=False),
+    "s120lr3": dict(steps=120, lr=3e-4, replay=True),
+    "s200": dict(steps=200, lr=1e-4, replay=True),
+    "s200stain": dict(steps=200, lr=1e-4, replay=True, augment="stain"),
+    "s400": dict(steps=400, lr=1e-4, replay=True),
+    "s400norep": dict(steps=400, lr=1e-4, replay=False),
+}
+"""steps and lr of the fine-tuning; replay: half of each batch from PBC training images; augment: the fine-tuning's
+augmentation (default ``standard``)."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--variants", default="base,s200")
+    parser.add_argument("--images", default="../shared/data/other-lab")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=5)
+    args = parser.parse_args()
+
+    from wbc._process import tune_malloc_and_reexec
+
+    tune_malloc_and_reexec()
+    import wbc.data.augmentation as augmentation
+    from wbc.data import load_folder, load_split
+    from wbc.evaluation.reports import Evaluation
+    from wbc.inference import Predictor
+    from wbc.jobs.adapt import REPLAY_PER_CLASS, _split_per_class
+    from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
+
+    base = Predictor.load(args.model, runtime="torch")
+    lab = load_folder(args.images, base.image_size)
+    replay = load_split(args.data_dir, "train", base.image_size, limit_per_class=REPLAY_PER_CLASS)
+    standard_augmentation = augmentation.train_augmentation
+
+    def accuracy(predictor, indices, tta):
+        predictor.tta = tta
+        probabilities = predictor.score_pixels(lab.pixels[indices]).probabilities
+        predictor.tta = False
+        return 100 * Evaluation.from_scores(lab.targets[indices], probabilities).present_accuracy
+
+    for name in args.variants.split(","):
+        settings = VARIANTS[name]
+        kind = settings.get("augment", "standard")
+        augmentation.train_augmentation = lambda *_, kind=kind: standard_augmentation(kind)  # what fine_tune_few_shot calls
+        single, tta, start = [], [], time.time()
+        for seed in range(args.seeds):
+            tuning, held_out = _split_per_class(lab.targets, args.per_class, seed)
+            predictor = copy.deepcopy(base)
+            reestimate_batch_norm(predictor.model, lab.pixels)
+            extra = dict(replay_pixels=replay.pixels, replay_targets=replay.targets) if settings["replay"] else {}
+            fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], steps=settings["steps"],
+                               lr=settings["lr"], seed=seed, **extra)
+            single.append(accuracy(predictor, held_out, False))
+            tta.append(accuracy(predictor, held_out, True))
+        print(json.dumps(dict(variant=name, **settings, acc=single, mean=statistics.mean(single), tta=tta,
+                              mean_tta=statistics.mean(tta), minutes=(time.time() - start) / 60)), flush=True)
+    augmentation.train_augmentation = standard_augmentation
+
+
+if __name__ == "__main__":
+    main()
