@@ -85,8 +85,23 @@ def test_download_fetches_checks_md5_and_extracts(tmp_path, monkeypatch, archive
     assert len(dataset) == 8
 
     monkeypatch.setattr(dataset_module, "ARCHIVE_MD5", "0" * 32)
-    with pytest.raises(RuntimeError, match="not found or corrupted|md5|integrity"):
+    with pytest.raises(DatasetError, match="the download is corrupt .*removed: run again"):
         BarcelonaDataset(tmp_path / "corrupt", "valid", download=True)
+    assert sorted(p.name for p in (tmp_path / "corrupt").iterdir()) == [], "neither the archive nor a half-extracted folder"
+
+    # an archive that is not PBC's (here: no valid split) is never half-extracted
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("barcelona/train/basophil/a.jpg", b"not an image")
+    monkeypatch.setattr(dataset_module, "ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    with pytest.raises(DatasetError, match="holds no barcelona/valid/"):
+        BarcelonaDataset(tmp_path / "other", "valid", download=True)
+    assert not (tmp_path / "other" / "barcelona").exists() and not list((tmp_path / "other").glob(".barcelona-*"))
+
+    # offline: one line, nothing left behind
+    monkeypatch.setattr(dataset_module, "ARCHIVE_URL", url.rsplit("/", 1)[0] + "/missing.zip")
+    with pytest.raises(DatasetError, match="downloading .* failed .*run again"):
+        BarcelonaDataset(tmp_path / "offline", "valid", download=True)
+    assert list((tmp_path / "offline").iterdir()) == []
 
 
 def _paths(root, split="train"):
@@ -188,3 +203,25 @@ def test_balanced_sampling_draws_each_class_about_equally_often(tmp_path):
     assert np.all(np.abs(balanced - 1 / 8) < 0.04), balanced
     with pytest.raises(ValueError, match="unknown sampling 'weighted'"):
         BarcelonaDataModule(root, image_size=16, batch_size=8, sampling="weighted")
+
+
+def test_commands_that_take_a_data_dir_download_it_first_with_download(tmp_path, monkeypatch, archive_server):
+    from click.testing import CliRunner
+
+    from wbc.cli import cli
+
+    archive, url = archive_server
+    monkeypatch.setattr(dataset_module, "ARCHIVE_URL", url)
+    monkeypatch.setattr(dataset_module, "ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    data = tmp_path / "fresh"
+    arguments = ["train", "--download", "--data-dir", str(data), "--arch", "scratch", "--mode", "scratch", "--epochs", "1",
+                 "--image-size", "16", "--batch-size", "8", "--no-shiftbench", "--no-onnx", "--output-dir", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"{data / 'barcelona' / 'train'}: 8 images" in result.output and (data / "barcelona" / "valid").is_dir()
+    assert "val_acc" in result.output or "accuracy" in result.output
+
+    monkeypatch.setattr(dataset_module, "ARCHIVE_MD5", "0" * 32)
+    refused = CliRunner().invoke(cli, ["evaluate", "--download", "--data-dir", str(tmp_path / "corrupt"), "--no-track"])
+    assert refused.exit_code == 1 and refused.output.strip().splitlines()[-1].startswith("Error: ")
+    assert "corrupt" in refused.output and "Traceback" not in refused.output

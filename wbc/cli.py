@@ -72,6 +72,28 @@ _data_dir_option = _option(
     "--data-dir", default=defaults.DATA_DIR, show_default=True, type=click.Path(file_okay=False),
     help="Folder that holds barcelona/{train,valid}/<class>/*.jpg.",
 )
+def _fetch_data(data_dir: str) -> None:
+    """``wbc download``: the PBC archive's train and valid splits under ``data_dir`` (nothing when they are there)."""
+    from wbc.data import BarcelonaDataset
+
+    for split in ("train", "valid"):
+        dataset = BarcelonaDataset(data_dir, split, download=True)
+        click.echo(f"{dataset.split_dir}: {len(dataset)} images")
+
+
+def _downloads_data(command):
+    """Add ``--download``: fetch the PBC archive into ``--data-dir`` first, as ``wbc download`` does."""
+
+    @functools.wraps(command)
+    def wrapper(*args, download: bool, **kwargs):
+        if download:
+            _fetch_data(kwargs["data_dir"])
+        return command(*args, **kwargs)
+
+    return click.option("--download", is_flag=True, help="First download the public PBC archive into --data-dir "
+                        "when it is not there (as wbc download).")(wrapper)
+
+
 _cache_dir_option = _option(
     "--cache-dir", type=click.Path(file_okay=False), help="Decoded-image cache [default: $WBC_CACHE_DIR or ~/.cache/wbc]."
 )
@@ -126,6 +148,7 @@ def settings_options(settings_class, defaults_from=None, hidden: tuple[str, ...]
 @cli.command()
 @settings_options(TrainConfig)
 @_user_errors
+@_downloads_data
 def train(**options) -> None:
     """Train a model; the run (params, metrics, reports, model) goes to MLflow."""
     from wbc.jobs.train import train as run_training
@@ -181,6 +204,7 @@ def register(experiment: str, metric: str, model_name: str, alias: str) -> None:
 @settings_options(TrainConfig, defaults_from=main_config(), hidden=("shiftbench",))
 @settings_options(MainSettings)
 @_user_errors
+@_downloads_data
 def main_job(robust_epochs: int, time_budget: float, **options) -> None:
     """The whole job: train (the documented recipe), then continue it with the shift augmentation, then
     average the two (as much of stage 2 as keeps valid accuracy within 0.3 points of the better stage);
@@ -204,6 +228,7 @@ def main_job(robust_epochs: int, time_budget: float, **options) -> None:
 @_cache_dir_option
 @_int8_option
 @_user_errors
+@_downloads_data
 def average(first: str, second: str, weight: float, data_dir: str, experiment: str, output_dir: str, cache_dir: str | None,
             int8: bool) -> None:
     """Average the weights of two models of the same architecture (e.g. a model and its continuation with
@@ -228,6 +253,7 @@ def average(first: str, second: str, weight: float, data_dir: str, experiment: s
          help="A labelled folder of another lab's cells (<folder>/<class>/<image>) scored as a real-shift row; repeatable. "
               "Default: DATA_DIR/other-lab when it is there.")
 @_user_errors
+@_downloads_data
 def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch_size: int, experiment: str,
                cache_dir: str | None, tta: bool, lab_images: tuple[str, ...]) -> None:
     """Score MODEL (default the champion) on the validation split under seeded lab-to-lab shifts (zoom, blur, JPEG, resolution,
@@ -257,6 +283,7 @@ def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch
 @_cache_dir_option
 @_int8_option
 @_user_errors
+@_downloads_data
 def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float, cache_dir: str | None, int8: bool) -> None:
     """Fit temperature, review threshold and OOD threshold on valid for training run RUN_ID's model, and
     log the calibrated model, with its ONNX flavour, in that run (new trainings have both already)."""
@@ -299,6 +326,7 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @_tta_option
 @_runtime_option
 @_user_errors
+@_downloads_data
 def evaluate(model: str, data_dir: str, split: str, images: str | None, output_dir: str, batch_size: int, track: bool,
              experiment: str, cache_dir: str | None, tta: bool, runtime: str) -> None:
     """Score MODEL (checkpoint, exported folder or MLflow model URI; default the champion) on a data split, or on a
@@ -369,6 +397,7 @@ def _parse_study(text: str) -> list[tuple[str, str]]:
 @click.option("--experiment", default=defaults.COMPARE_EXPERIMENT, show_default=True)
 @_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @_user_errors
+@_downloads_data
 def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_text, experiment, output_dir) -> None:
     """The course study: scratch CNN, transfer vs fine-tune for ResNet-50, AlexNet, VGG-16, Lite0; one run with the table."""
     from wbc.jobs.compare import STUDY, run_study
@@ -437,6 +466,7 @@ def app_login(name: str, auth_file: str, password: str) -> None:
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
 @_cache_dir_option
 @_user_errors
+@_downloads_data
 def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, output_dir: str, flag_rate: float,
           labelled_per_class: int, steps: int, seed: int, onnx: bool, cache_dir: str | None) -> None:
     """Adapt MODEL to a lab's IMAGES (a folder; labelled as <class>/<image> or not): re-estimate its batch-norm
@@ -458,11 +488,7 @@ def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, o
 @_user_errors
 def download(data_dir: str) -> None:
     """Download the public PBC archive into DATA_DIR/barcelona/ (md5-checked; nothing happens when it is there)."""
-    from wbc.data import BarcelonaDataset
-
-    for split in ("train", "valid"):
-        dataset = BarcelonaDataset(data_dir, split, download=True)
-        click.echo(f"{dataset.split_dir}: {len(dataset)} images")
+    _fetch_data(data_dir)
 
 
 @cli.command("models")

@@ -4,12 +4,15 @@ and the PBC dataset's splits (:class:`BarcelonaDataset`), both torchvision ``Ima
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.datasets.utils import download_and_extract_archive, verify_str_arg
+from torchvision.datasets.utils import check_integrity, download_url, extract_archive, verify_str_arg
 
 from wbc.classes import CLASS_NAMES, CLASS_TO_IDX
 from wbc.errors import WBCError
@@ -147,14 +150,34 @@ class BarcelonaDataset(ImageFolder):
         return self.split_dir.is_dir()
 
     def download(self) -> None:
-        """Download ``barcelona.zip``, verify its md5 and extract it, unless the split is present."""
+        """Download ``barcelona.zip`` (torchvision's ``download_url``), verify its md5 and extract it, unless the split
+        is present. Extraction goes to a scratch folder beside the data and is moved into place only when complete,
+        so an interrupted or corrupt download never leaves a half-extracted ``barcelona/``; a corrupt archive is
+        removed. Raises :class:`DatasetError` (one line: what failed and what to do)."""
         if self._check_exists():
             return
         self.data_root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(
-            ARCHIVE_URL, download_root=str(self.data_root), filename=ARCHIVE_FILENAME, md5=ARCHIVE_MD5
-        )
-        if not self._check_exists():
-            raise DatasetError(
-                f"{self.data_root / ARCHIVE_FILENAME} extracted, but {self.split_dir} is still missing"
-            )
+        archive = self.data_root / ARCHIVE_FILENAME
+        target = self.data_root / "barcelona"
+        if target.exists():
+            raise DatasetError(f"{target} exists without {self.split}/: move it away (or complete it) and run again")
+        try:
+            download_url(ARCHIVE_URL, str(self.data_root), filename=ARCHIVE_FILENAME)  # a file there is kept
+        except (OSError, RuntimeError) as error:
+            archive.unlink(missing_ok=True)
+            raise DatasetError(f"downloading {ARCHIVE_URL} into {archive} failed ({str(error).splitlines()[0]}): check "
+                               f"the network and run again, or put the archive there by hand") from None
+        if not check_integrity(str(archive), ARCHIVE_MD5):
+            archive.unlink(missing_ok=True)
+            raise DatasetError(f"{archive}: the download is corrupt (md5 is not {ARCHIVE_MD5}); it was removed: run again")
+        scratch = Path(tempfile.mkdtemp(prefix=".barcelona-extracting-", dir=self.data_root))
+        try:
+            extract_archive(str(archive), str(scratch))
+            extracted = scratch / "barcelona"
+            if not (extracted / self.split).is_dir():
+                raise DatasetError(f"{archive} holds no barcelona/{self.split}/: not the PBC archive; remove it and run again")
+            os.replace(extracted, target)
+        except (OSError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
+            raise DatasetError(f"extracting {archive} failed ({error}); nothing was kept: run again") from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
