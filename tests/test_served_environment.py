@@ -127,3 +127,24 @@ def test_generate_dockerfile_installs_the_models_own_requirements(registered):
     assert next(model_dir.rglob("code/wbc/serving/pyfunc.py")).is_file(), "the image gets the model's own code"
     assert "model_dir" in dockerfile and ("requirements" in dockerfile or "_install_pyfunc_deps" in dockerfile
                                           or "python_env" in dockerfile), dockerfile
+
+
+def test_the_project_runs_in_an_environment_mlflow_builds_from_its_own_files(synthetic_data, tmp_path):
+    """``mlflow run`` without conda: MLflow converts conda.yaml into a virtual environment (the project installed in
+    it from its own pyproject.toml). The virtualenv manager would download Python 3.11's latest patch release from
+    python.org, which the build machines cannot reach; uv takes the installed Python. Minutes: it installs PyTorch."""
+    project = Path(__file__).parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", MLFLOW_ENV_ROOT=str(tmp_path / "envs"),
+               WBC_CACHE_DIR=str(tmp_path / "cache"), PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    done = subprocess.run([MLFLOW, "run", str(project), "-e", "finetune", "-P", "arch=efficientnet_lite0", "-P",
+                           f"data_dir={synthetic_data}", "-P", "epochs=1", "-P", "image_size=32", "-P", "batch_size=8",
+                           "-P", f"output_dir={tmp_path / 'outputs'}", "--env-manager", "uv", "--experiment-name", "built"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (environment,) = [path.parent for path in (tmp_path / "envs").rglob("pyvenv.cfg")]
+    assert next(environment.glob("lib/python*/site-packages/torch/__init__.py")), "the environment is the project's own"
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("built").experiment_id], "tags.`wbc.kind` = 'train'")
+    assert run.info.status == "FINISHED" and run.data.params["arch"] == "efficientnet_lite0"
+    shutil.rmtree(tmp_path / "envs", ignore_errors=True)  # gigabytes
