@@ -12,7 +12,8 @@ MAIN_RECIPE = {"epochs": 10, "image_size": 160}
 ROBUST_STAGE = {"head_epochs": 0, "lr": 3e-4, "augment": "robust"}
 """``wbc main``, stage 2 (``--robust-epochs``, default 3): continue from stage 1's model with the
 lab-to-lab shift augmentation at a lower learning rate. (``--augment stain`` holds up better on another lab's cells
-but cost 1.7 points of PBC valid in a 6-epoch run: benchmarks/RESULTS.md, "Other labs".)"""
+but cost 1.7 points of PBC valid in a 6-epoch run, and as stage 2 its other-lab gain vanished in stage 3's average:
+benchmarks/RESULTS.md, "Other labs".)"""
 ROBUST_EPOCHS = 3
 
 FEW_SHOT_STEPS = 200
