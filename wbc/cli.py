@@ -72,6 +72,8 @@ _data_dir_option = _option(
     "--data-dir", default=defaults.DATA_DIR, show_default=True, type=click.Path(file_okay=False),
     help="Folder that holds barcelona/{train,valid}/<class>/*.jpg.",
 )
+
+
 def _fetch_data(data_dir: str) -> None:
     """``wbc download``: the PBC archive's train and valid splits under ``data_dir`` (nothing when they are there)."""
     from wbc.data import BarcelonaDataset

@@ -1,7 +1,8 @@
 """Decode one image file (any mode, any size) into the model's input: a square uint8 RGB array.
 
 This is the only preprocessing in the project: the decoded-image cache, evaluation,
-`wbc predict` and the served model all call :func:`decode_image`, so their inputs match.
+`wbc predict` and the served model all call :func:`decode_image_array`, so their inputs match
+(:func:`decode_image` is the same as a torch tensor).
 """
 
 from __future__ import annotations

@@ -239,8 +239,6 @@ class Predictor:
         return [next(scored) if isinstance(item, bytes) else Prediction(name, None, item) for name, item in items]
 
 
-
-
 def _load_torch_model(resolved, path, needed: bool):
     """(PyTorch model, image size) of a resolved model; when PyTorch is missing, (None, None) if ONNX runs the model
     (``needed`` False), else a :class:`ModelLoadError` saying what to install."""
