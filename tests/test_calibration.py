@@ -8,7 +8,8 @@ import torch
 
 from wbc.inference.calibration import Calibration, in_distribution_score
 
-from wbc.evaluation.calibration import expected_calibration_error, fit_calibration, fit_temperature, review_threshold
+from wbc.evaluation.calibration import (cross_fitted_flags, expected_calibration_error, fit_calibration, fit_lab_calibration,
+                                        fit_temperature, review_threshold)
 from wbc.data.augmentation import train_augmentation
 from wbc.data.shifts import SEVERITIES, SHIFTS, apply_shift, magnify
 from wbc.inference import Predictor, export_model, load_calibration
@@ -58,6 +59,41 @@ def test_fitted_flags_hold_their_promises_on_the_fitting_split():
     assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
 
 
+def _lab_logits(seed=0):
+    """A lab's 90 labelled cells: 60 the model recognises (confident, right) and 30 it does not (flat logits, wrong)."""
+    generator = np.random.default_rng(seed)
+    targets = np.repeat(np.arange(3), 30)
+    logits = generator.normal(0, 0.3, (90, 8)).astype(np.float32)
+    recognised = np.arange(90) % 3 != 0
+    logits[recognised, targets[recognised]] += generator.uniform(6, 9, recognised.sum())
+    logits[~recognised, (targets[~recognised] + 1) % 8] += 0.8
+    return logits, targets, recognised
+
+
+def test_a_lab_calibration_flags_the_cells_it_gets_wrong_not_a_fixed_share_of_all():
+    logits, targets, recognised = _lab_logits()
+    lab = fit_lab_calibration(logits, targets, flag_rate=0.05)
+    flagged = ~lab.in_distribution(lab.in_distribution_score(logits))
+    assert flagged[recognised].mean() <= 0.05, "at most flag_rate of the cells it gets right"
+    assert flagged[~recognised].mean() >= 0.9, "the unfamiliar, wrong cells are flagged"
+    pooled = fit_calibration(torch.from_numpy(logits), torch.from_numpy(targets), flag_rate=0.05)
+    assert (~pooled.in_distribution(pooled.in_distribution_score(logits))).mean() <= 0.05, "valid's rule: 5 % of all"
+
+
+def test_cross_fitted_flags_judge_each_half_by_thresholds_fitted_on_the_other():
+    from sklearn.model_selection import StratifiedKFold
+
+    logits, targets, recognised = _lab_logits(seed=1)
+    in_distribution, review = cross_fitted_flags(logits, targets, seed=3, target_error=0.01)
+    for fitting, judged in StratifiedKFold(2, shuffle=True, random_state=3).split(logits, targets):
+        other = fit_lab_calibration(logits[fitting], targets[fitting], target_error=0.01)
+        assert np.array_equal(in_distribution[judged], other.in_distribution(other.in_distribution_score(logits[judged])))
+        assert np.array_equal(review[judged], other.needs_review(other.probabilities(logits[judged]).max(axis=1)))
+    assert (~in_distribution[~recognised]).mean() >= 0.9 and (~in_distribution[recognised]).mean() <= 0.1
+    with pytest.raises(ValueError, match="at least 2 labelled cells"):
+        cross_fitted_flags(logits[:1], targets[:1])
+
+
 def test_calibration_travels_with_the_exported_model(tmp_path):
     model = build_model("scratch")
     calibration = Calibration(temperature=2.0, review_threshold=0.6, target_error=0.01, ood_threshold=1.5, flag_rate=0.05)
@@ -97,6 +133,20 @@ def test_zoom_out_pads_with_the_background_colour():
     smaller = magnify(image, 0.5)
     assert torch.all(smaller[:, :8, :] == 200)
     assert int(smaller[:, 18:22, 18:22].float().mean()) < 100
+
+
+def test_stain_augmentation_keeps_the_format_and_changes_colour_and_scale():
+    augment = train_augmentation("stain")
+    torch.manual_seed(0)
+    image = torch.full((3, 48, 48), 210, dtype=torch.uint8)
+    image[:, 16:32, 16:32] = torch.tensor([90, 40, 120], dtype=torch.uint8).view(3, 1, 1)
+    outputs = [augment(image) for _ in range(40)]
+    assert all(o.shape == image.shape and o.dtype == torch.uint8 for o in outputs)
+    centre_colours = {tuple(o[:, 24, 24].tolist()) for o in outputs}
+    assert len(centre_colours) > 30, "the cell's colour varies"
+    grey = [o.float().mean(0) for o in outputs]
+    dark = [int((g < g[0].median() - 40).sum()) for g in grey]  # darker than the background of the first row
+    assert min(dark) < 16 * 16 * 0.8 < 16 * 16 * 1.2 < max(dark), "the cell is shrunk and enlarged"
 
 
 def test_robust_augmentation_runs_at_small_sizes():

@@ -460,9 +460,10 @@ def app_login(name: str, auth_file: str, password: str) -> None:
 @_experiment_option
 @_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @_option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-         help="Share of the lab's images the out-of-distribution flag may fire on.")
+         help="Share of the lab's images (of its labelled cells the model gets right, where it has them) the "
+         "out-of-distribution flag may fire on.")
 @_option("--labelled-per-class", default=0, show_default=True, type=click.IntRange(0),
-         help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure. 0 = use no labels.")
+         help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure. 0 = labels only measure and calibrate.")
 @click.option("--steps", default=FEW_SHOT_STEPS, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which cells fine-tune and which measure; the augmentation.")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
@@ -472,8 +473,8 @@ def app_login(name: str, auth_file: str, password: str) -> None:
 def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, output_dir: str, flag_rate: float,
           labelled_per_class: int, steps: int, seed: int, onnx: bool, cache_dir: str | None) -> None:
     """Adapt MODEL to a lab's IMAGES (a folder; labelled as <class>/<image> or not): re-estimate its batch-norm
-    statistics and its out-of-distribution threshold on them, and with --labelled-per-class fine-tune it on a few
-    labelled cells of each class; register it under --alias (serve it with wbc app --model
+    statistics on them, with --labelled-per-class fine-tune it on a few labelled cells of each class, and refit its
+    calibration and flag thresholds on the lab's cells (labelled ones where there are); register it under --alias (serve it with wbc app --model
     models:/wbc-classifier@ALIAS). Prints accuracy before and after, on the lab's (held-out) cells and on PBC valid."""
     from wbc.jobs.adapt import adapt_model
     from wbc.tracking.runs import configure_tracking

@@ -9,16 +9,23 @@
   nothing in it looks like any class. The flag threshold is the ``flag_rate`` quantile of the clean
   validation scores, so that at most that share of clean validation images is flagged.
 
+On a lab's own labelled cells (``wbc adapt``) the same numbers are refitted there (:func:`fit_lab_calibration`), and
+the flags reported on those cells are cross-fitted (:func:`cross_fitted_flags`): each cell is judged by thresholds
+fitted without it.
+
 The fitted numbers travel with the exported model (``model.json``, key ``calibration``).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 
 from wbc.data.datamodule import DecodedImageDataset
-from wbc.inference.calibration import Calibration, in_distribution_score
+from wbc.inference.calibration import Calibration, in_distribution_score, softmax
 from wbc.inference.predictor import Predictor
 
 DEFAULT_TARGET_ERROR = 0.005
@@ -99,6 +106,58 @@ def fit_calibration(
     calibration.accepted_fraction = float(accepted.mean())
     calibration.accepted_error = float((~correct[accepted]).mean()) if accepted.any() else None
     return calibration
+
+
+def fit_lab_calibration(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    target_error: float = DEFAULT_TARGET_ERROR,
+    flag_rate: float = DEFAULT_FLAG_RATE,
+) -> Calibration:
+    """Refit temperature, review threshold and out-of-distribution threshold on a lab's labelled cells (raw logits
+    float32 (N, 8), class indices (N,)), as :func:`fit_calibration` does on valid, except the out-of-distribution
+    threshold: the ``flag_rate`` quantile of the scores of the cells the model gets right, so that at most that share
+    of them is flagged and the flag is left to the cells unlike those (on a lab, many cells can be wrong; on valid
+    nearly none are, and the two rules agree)."""
+    calibration = fit_calibration(torch.as_tensor(logits), torch.as_tensor(targets), target_error, flag_rate)
+    logits, targets = np.asarray(logits, dtype=np.float32), np.asarray(targets)
+    correct = softmax(logits, calibration.temperature).argmax(axis=1) == targets
+    if correct.any():
+        scores = in_distribution_score(logits[correct], calibration.temperature)
+        calibration.ood_threshold = float(np.quantile(scores, flag_rate, method="lower"))
+    return calibration
+
+
+LAB_FOLDS = 2
+"""Folds of :func:`cross_fitted_flags`: each half of a lab's labelled cells is judged by thresholds fitted on the other."""
+
+
+def cross_fitted_flags(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    *,
+    folds: int = LAB_FOLDS,
+    seed: int = 0,
+    target_error: float = DEFAULT_TARGET_ERROR,
+    flag_rate: float = DEFAULT_FLAG_RATE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(in_distribution, review)`` bool (N,) for a lab's labelled cells (raw logits (N, 8), class indices (N,)), each
+    cell's from :func:`fit_lab_calibration` on the folds it is not in (scikit-learn's ``StratifiedKFold``, shuffled with
+    ``seed``): honest flags for cells that also fit the calibration the lab is given. Raises ValueError under
+    ``folds`` cells."""
+    logits, targets = np.asarray(logits, dtype=np.float32), np.asarray(targets)
+    if len(targets) < folds:
+        raise ValueError(f"cross-fitting over {folds} folds needs at least {folds} labelled cells, got {len(targets)}")
+    in_distribution, review = np.zeros(len(targets), bool), np.zeros(len(targets), bool)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)  # a class with one cell: fine
+        splits = list(splitter.split(logits, targets))
+    for fitting, judged in splits:
+        calibration = fit_lab_calibration(logits[fitting], targets[fitting], target_error, flag_rate)
+        in_distribution[judged] = calibration.in_distribution(calibration.in_distribution_score(logits[judged]))
+        review[judged] = calibration.needs_review(calibration.probabilities(logits[judged]).max(axis=1))
+    return in_distribution, review
 
 
 def calibrate(

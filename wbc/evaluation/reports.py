@@ -27,15 +27,22 @@ class FlagSummary:
     """Error rate among the cells flagged out-of-distribution (None: none flagged)."""
     error_unflagged: float | None
     """Error rate among the cells not flagged (None: all flagged). Honest flags keep this low and the other high."""
+    accepted: float | None = None
+    """Share of cells with neither flag: the answers a lab can take as they are."""
+    error_accepted: float | None = None
+    """Error rate among the accepted cells (None: none accepted)."""
 
     @classmethod
     def from_flags(cls, correct: np.ndarray, in_distribution: np.ndarray, review: np.ndarray) -> "FlagSummary":
         flagged = ~in_distribution
+        accepted = in_distribution & ~review
         return cls(
             out_of_distribution=float(flagged.mean()),
             review=float(review.mean()),
             error_flagged=float((~correct[flagged]).mean()) if flagged.any() else None,
             error_unflagged=float((~correct[~flagged]).mean()) if (~flagged).any() else None,
+            accepted=float(accepted.mean()),
+            error_accepted=float((~correct[accepted]).mean()) if accepted.any() else None,
         )
 
 
@@ -84,12 +91,14 @@ class Evaluation:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """What a run logs: ``<prefix>_acc`` and ``_f1`` over the eight classes; ``_acc_present`` and ``_f1_present``
-        over the classes present; ``_flagged``, ``_review``, ``_error_flagged``, ``_error_unflagged`` from the flags."""
+        over the classes present; ``_flagged``, ``_review``, ``_error_flagged``, ``_error_unflagged``, ``_accepted``,
+        ``_error_accepted`` from the flags."""
         values = {"acc": self.accuracy, "f1": self.macro_f1, "acc_present": self.present_accuracy,
                   "f1_present": self.present_macro_f1}
         if self.flags is not None:
             values |= {"flagged": self.flags.out_of_distribution, "review": self.flags.review,
-                       "error_flagged": self.flags.error_flagged, "error_unflagged": self.flags.error_unflagged}
+                       "error_flagged": self.flags.error_flagged, "error_unflagged": self.flags.error_unflagged,
+                       "accepted": self.flags.accepted, "error_accepted": self.flags.error_accepted}
         return {f"{prefix}_{name}": value for name, value in values.items() if value is not None}
 
     def per_class_table(self) -> pd.DataFrame:
@@ -151,7 +160,8 @@ class Evaluation:
             flags = self.flags
             lines.append(f"flagged out-of-distribution {100 * flags.out_of_distribution:.1f} % (error among them "
                          f"{_percent(flags.error_flagged)}, among the rest {_percent(flags.error_unflagged)}); "
-                         f"to review {100 * flags.review:.1f} %")
+                         f"to review {100 * flags.review:.1f} %; accepted with neither flag {100 * flags.accepted:.1f} % "
+                         f"(error among them {_percent(flags.error_accepted)})")
         return "\n".join(lines + [table])
 
 

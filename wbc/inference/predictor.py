@@ -159,7 +159,8 @@ class Predictor:
         import torch
 
         with torch.inference_mode():
-            images = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            # channels-last in one copy, which also frees a read-only batch (a cache's) from PyTorch's warning
+            images = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 2, 3, 1))).permute(0, 3, 1, 2)
             return self._model(images).float().numpy()
 
     def _score(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,18 @@
 """``wbc adapt``: a lab brings its own images and leaves with a model for them, registered under the lab's alias.
 
 Always, without labels: the batch-norm statistics are re-estimated on all the lab's images
-(:mod:`wbc.training.adaptation`) and the out-of-distribution threshold is refitted on them (the share of the lab's
-cells it flags becomes ``flag_rate``). With ``labelled_per_class`` N > 0 and a labelled folder (``<class>/<image>``),
+(:mod:`wbc.training.adaptation`). With ``labelled_per_class`` N > 0 and a labelled folder (``<class>/<image>``),
 the network is then fine-tuned on up to N cells of each class (seeded), half of each batch replaying PBC training
-images so the classes the lab did not label are still predicted, and temperature and review threshold are refitted
-on PBC ``valid``; the lab's other cells are held out to measure. Otherwise the labels only measure. Either way it
-reports accuracy on the lab's (held-out) cells and on PBC ``valid``, before and after, and how the flags fall. The
-run (kind ``adapt``) records the lab's images as its dataset; the model is registered as a new version under the
-lab's alias, never as ``@champion``.
+images so the classes the lab did not label are still predicted; the lab's other cells are held out.
+
+Calibration: with at least :data:`MIN_LAB_CALIBRATION_CELLS` labelled cells not used to fine-tune, temperature, review
+threshold and out-of-distribution threshold are refitted on them
+(:func:`~wbc.evaluation.calibration.fit_lab_calibration`), and the flags reported on them are cross-fitted (each half
+judged by thresholds fitted on the other). Otherwise the temperature and review threshold come from PBC ``valid``
+(refitted there after a fine-tune) and the out-of-distribution threshold from all the lab's images (the share it
+flags becomes ``flag_rate``). It reports accuracy on the lab's (held-out) cells and on PBC ``valid``, before and
+after, and how the flags fall. The run (kind ``adapt``) records the lab's images as its dataset; the model is
+registered as a new version under the lab's alias, never as ``@champion``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import numpy as np
 
 from wbc import defaults
 from wbc.data import BarcelonaDataset, DatasetError, LabelledFolder, image_files, load_folder, load_split, load_unlabelled
-from wbc.evaluation.calibration import DEFAULT_FLAG_RATE, calibrate
+from wbc.evaluation.calibration import LAB_FOLDS, DEFAULT_FLAG_RATE, calibrate, cross_fitted_flags, fit_lab_calibration
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor, export_metrics, export_model
+from wbc.inference.calibration import is_blank
 from wbc.serving.pyfunc import log_pyfunc_model
 from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import check_lab_alias, register_adapted
@@ -48,11 +53,13 @@ class AdaptResult:
     lab_after: Evaluation | None
     valid_before: Evaluation
     valid_after: Evaluation
+    calibrated_on: str = "PBC valid"
+    """Where the registered model's temperature and thresholds were fitted."""
 
     def summary(self) -> str:
         """What ``wbc adapt`` prints: before and after, on the lab's cells and on PBC valid."""
         how = f"fine-tuned on {self.tuned} labelled cells, " if self.tuned else ""
-        lines = [f"adapted on {self.images} of the lab's images ({how}batch-norm statistics, out-of-distribution threshold)"]
+        lines = [f"adapted on {self.images} of the lab's images ({how}batch-norm statistics); calibrated on {self.calibrated_on}"]
         if self.lab_before is not None:
             cells = f"{self.measured} held-out lab cells" if self.tuned else f"{self.measured} lab cells"
             for name, evaluation in (("before", self.lab_before), ("after", self.lab_after)):
@@ -71,6 +78,9 @@ def _scores(predictor: Predictor, dataset) -> Evaluation:
     scores = predictor.score_pixels(dataset.pixels)
     return Evaluation.from_scores(dataset.targets, scores.probabilities, *predictor.flags(scores, dataset.pixels))
 
+
+MIN_LAB_CALIBRATION_CELLS = 10
+"""Fewer labelled cells left over from fine-tuning than this: the calibration is not refitted on the lab's cells."""
 
 REPLAY_PER_CLASS = 40
 """PBC training images per class replayed while fine-tuning on a lab's cells."""
@@ -135,11 +145,25 @@ def adapt_model(
         replay = load_split(data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS, cache_dir=cache_dir)
         fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], replay_pixels=replay.pixels,
                            replay_targets=replay.targets, steps=steps, seed=seed)
-        predictor.calibration, _ = calibrate(predictor, valid)  # the network changed: its temperature too
-    lab_scores = predictor.score_pixels(lab.pixels).in_distribution_score
-    predictor.calibration = replace(predictor.calibration, flag_rate=flag_rate,
-                                    ood_threshold=float(np.quantile(lab_scores, flag_rate, method="lower")))
-    lab_after = _scores(predictor, measured) if labelled else None
+    target_error = predictor.calibration.target_error
+    if labelled and len(measured) >= MIN_LAB_CALIBRATION_CELLS:
+        logits = predictor.logits_pixels(measured.pixels)
+        predictor.calibration = fit_lab_calibration(logits, measured.targets, target_error, flag_rate)
+        in_distribution, review = cross_fitted_flags(logits, measured.targets, seed=seed, target_error=target_error,
+                                                     flag_rate=flag_rate)
+        in_distribution &= ~is_blank(measured.pixels)
+        lab_after = Evaluation.from_scores(measured.targets, predictor.calibration.probabilities(logits), in_distribution, review)
+        calibrated_on = (f"{len(measured)} labelled lab cells{' held out from the fine-tune' if labelled_per_class else ''} "
+                         f"(their flags cross-fitted over {LAB_FOLDS} folds)")
+    else:
+        if labelled_per_class:
+            predictor.calibration, _ = calibrate(predictor, valid, target_error, flag_rate)  # the network changed
+        lab_scores = predictor.score_pixels(lab.pixels).in_distribution_score
+        predictor.calibration = replace(predictor.calibration, flag_rate=flag_rate,
+                                        ood_threshold=float(np.quantile(lab_scores, flag_rate, method="lower")))
+        lab_after = _scores(predictor, measured) if labelled else None
+        calibrated_on = ("PBC valid" if labelled_per_class else "the source model's PBC valid") + (
+            " (out-of-distribution threshold: the lab's images)")
     valid_after = _scores(predictor, valid)
 
     configure_tracking(experiment)
@@ -148,7 +172,8 @@ def adapt_model(
         log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
                          "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
                          "seed": seed, "held_out": len(measured) if labelled else 0,
-                         "method": ("AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN") + " + out-of-distribution threshold",
+                         "method": "AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN",
+                         "calibrated_on": calibrated_on,
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
                          "data_dir": str(Path(data_dir).resolve())})
         log_image_dataset(lab.paths, lab.targets, images, lab_name, "adaptation")
@@ -164,4 +189,4 @@ def adapt_model(
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
     version = register_adapted(run.info.run_id, alias, source=model)
     return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if labelled else 0,
-                       lab_before, lab_after, valid_before, valid_after)
+                       lab_before, lab_after, valid_before, valid_after, calibrated_on)
