@@ -7,7 +7,9 @@ Every figure comes from ``wbc adapt`` itself (``wbc.jobs.adapt.adapt_model``), e
 store under this run's folder. Protocol for the labelled rows: for each seed, ``--per-class`` cells of every class
 are drawn to fine-tune on and the lab's other cells measure (accuracy among the classes present); the table gives
 the mean and the range over the seeds. The label-free row re-estimates batch-norm statistics on all the lab's images
-and measures on all of them (their labels are never used to adapt).
+and measures on all of them (their labels are never used to adapt the network, only to refit the calibration, whose
+flags are then cross-fitted: each half judged by thresholds fitted on the other). Flag figures of the fine-tuned
+rows are means over the seeds.
 """
 
 from __future__ import annotations
@@ -54,23 +56,36 @@ def main() -> None:
         flags = lab.flags
         return (f"| {name} | {100 * lab.present_accuracy:.1f} | {100 * lab.accuracy:.1f} | "
                 f"{100 * flags.out_of_distribution:.0f} | {_pct(flags.error_flagged)} / {_pct(flags.error_unflagged)} | "
-                f"{100 * valid.accuracy:.2f} |")
+                f"{100 * flags.accepted:.0f} / {_pct(flags.error_accepted)} | {100 * valid.accuracy:.2f} |")
 
-    print("| model | other lab, 5 classes % | over 8 classes % | flagged % | error flagged / unflagged % | PBC valid % |")
-    print("|---|---|---|---|---|---|")
+    print(f"label-free run calibrated on: {label_free.calibrated_on}; fine-tuned: {tuned[0].calibrated_on if tuned else '-'}")
+    print("| model | other lab, 5 classes % | over 8 classes % | flagged % | error flagged / unflagged % | "
+          "accepted % / error among them % | PBC valid % |")
+    print("|---|---|---|---|---|---|---|")
     for name, lab, valid in rows:
         print(line(name, lab, valid))
     for when in ("before", "after"):
-        accuracies = [100 * getattr(result, f"lab_{when}").present_accuracy for result in tuned]
-        valids = [100 * getattr(result, f"valid_{when}").accuracy for result in tuned]
+        results = [(getattr(result, f"lab_{when}"), getattr(result, f"valid_{when}")) for result in tuned]
+        accuracies = [100 * lab.present_accuracy for lab, _ in results]
+        eight = [100 * lab.accuracy for lab, _ in results]
+        flags = [lab.flags for lab, _ in results]
         print(f"| {args.per_class}/class fine-tuned, {when}, held-out cells ({tuned[0].measured}), {args.seeds} seeds | "
-              f"{statistics.mean(accuracies):.1f} ({min(accuracies):.1f}-{max(accuracies):.1f}) | | | | "
-              f"{statistics.mean(valids):.2f} |")
+              f"{statistics.mean(accuracies):.1f} ({min(accuracies):.1f}-{max(accuracies):.1f}) | "
+              f"{statistics.mean(eight):.1f} | {_mean(flags, 'out_of_distribution')} | "
+              f"{_mean(flags, 'error_flagged')} / {_mean(flags, 'error_unflagged')} | "
+              f"{_mean(flags, 'accepted')} / {_mean(flags, 'error_accepted')} | "
+              f"{statistics.mean(100 * valid.accuracy for _, valid in results):.2f} |")
     print(f"(scratch store: {scratch})")
 
 
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.0f}"
+
+
+def _mean(flags, name: str) -> str:
+    """Mean over the seeds of one flag figure, in %, over the seeds where it is defined."""
+    values = [getattr(summary, name) for summary in flags if summary is not None and getattr(summary, name) is not None]
+    return f"{100 * statistics.mean(values):.0f}" if values else "-"
 
 
 if __name__ == "__main__":
