@@ -1,11 +1,14 @@
 """`wbc adapt` without labels: a lab's images re-estimate the model's batch-norm statistics and its out-of-distribution
 threshold; the result is its own run and a version under the lab's alias, never the champion."""
 
+import os
+import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import requests
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -17,7 +20,7 @@ from wbc.jobs.train import train
 from wbc.tracking.registry import register_best
 from wbc.training.config import TrainConfig
 
-from conftest import cell_image
+from conftest import cell_image, free_port, start_http_server, stop_process_group
 
 
 def invoke(*args):
@@ -82,6 +85,23 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
     # the registry's own selection never hands the champion to an adapted version
     assert register_best(metric="best_val_f1").version == registration.version
     assert str(client.get_model_version_by_alias("wbc-classifier", "champion").version) == registration.version
+
+    # the lab's page serves its model: wbc app --model models:/wbc-classifier@lab-a, over real HTTP
+    port = free_port()
+    process = start_http_server([sys.executable, "-m", "wbc", "app", "--model", "models:/wbc-classifier@lab-a", "--port",
+                                 str(port)], f"http://127.0.0.1:{port}/health", env=dict(os.environ), cwd=tmp_path)
+    try:
+        info = requests.get(f"http://127.0.0.1:{port}/api/model", timeout=30).json()
+        assert info["model"] == "models:/wbc-classifier@lab-a" and info["temperature"] == pytest.approx(served.calibration.temperature)
+        image = next((lab / "Monocyte").iterdir())
+        answer = requests.post(f"http://127.0.0.1:{port}/api/classify", files={"files": (image.name, image.read_bytes())},
+                               timeout=120)
+        assert answer.status_code == 200, answer.text
+        (cell,) = answer.json()["cells"]
+        (expected,) = served.predict_sources([image])
+        assert cell["label"] == expected.label and cell["top"][0]["probability"] == pytest.approx(expected.confidence, abs=1e-4)
+    finally:
+        stop_process_group(process)
 
 
 def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_data, tmp_path):
