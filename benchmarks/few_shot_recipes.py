@@ -27,9 +27,15 @@ VARIANTS = {
     "s200stain": dict(steps=200, lr=1e-4, replay=True, augment="stain"),
     "s400": dict(steps=400, lr=1e-4, replay=True),
     "s400norep": dict(steps=400, lr=1e-4, replay=False),
+    "s200zoom": dict(steps=200, lr=1e-4, replay=True, augment="zoom"),
+    "s200frz4": dict(steps=200, lr=1e-4, replay=True, freeze_stages=4),
+    "s200last": dict(steps=200, lr=1e-4, replay=True, unfreeze="last"),
+    "s200head": dict(steps=200, lr=1e-3, replay=True, unfreeze="head"),
 }
 """steps and lr of the fine-tuning; replay: half of each batch from PBC training images; augment: the fine-tuning's
-augmentation (default ``standard``)."""
+augmentation (default ``standard``; ``zoom``: standard after the stain augmentation's zoom, 0.7-1.5x on 70 %);
+freeze_stages: the network's first stages keep their weights (``Classifier.set_trainable``); unfreeze: ``last``
+trains only the head and the last block, ``head`` only the head (default: the whole network)."""
 
 
 def main() -> None:
@@ -45,6 +51,8 @@ def main() -> None:
     from wbc._process import tune_malloc_and_reexec
 
     tune_malloc_and_reexec()
+    from torchvision.transforms import v2
+
     import wbc.data.augmentation as augmentation
     from wbc.data import load_folder, load_split
     from wbc.evaluation.reports import Evaluation
@@ -66,12 +74,22 @@ def main() -> None:
     for name in args.variants.split(","):
         settings = VARIANTS[name]
         kind = settings.get("augment", "standard")
-        augmentation.train_augmentation = lambda *_, kind=kind: standard_augmentation(kind)  # what fine_tune_few_shot calls
+        if kind == "zoom":  # what fine_tune_few_shot calls
+            augmentation.train_augmentation = lambda *_: v2.Compose([augmentation.RandomZoom(0.7, 1.5, p=0.7),
+                                                                     standard_augmentation("standard")])
+        else:
+            augmentation.train_augmentation = lambda *_, kind=kind: standard_augmentation(kind)
         single, tta, start = [], [], time.time()
         for seed in range(args.seeds):
             tuning, held_out = _split_per_class(lab.targets, args.per_class, seed)
             predictor = copy.deepcopy(base)
             reestimate_batch_norm(predictor.model, lab.pixels)
+            unfreeze = settings.get("unfreeze", "all")
+            if unfreeze == "head":
+                predictor.model.set_trainable("transfer")
+            else:
+                predictor.model.set_trainable("finetune", phase=2, unfreeze=unfreeze,
+                                              freeze_stages=settings.get("freeze_stages", 0))
             extra = dict(replay_pixels=replay.pixels, replay_targets=replay.targets) if settings["replay"] else {}
             fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], steps=settings["steps"],
                                lr=settings["lr"], seed=seed, **extra)
