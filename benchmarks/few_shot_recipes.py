@@ -75,7 +75,7 @@ def main() -> None:
         settings = VARIANTS[name]
         kind = settings.get("augment", "standard")
         if kind == "zoom":  # what fine_tune_few_shot calls
-            augmentation.train_augmentation = lambda *_: v2.Compose([augmentation.RandomZoom(0.7, 1.5, p=0.7),
+            augmentation.train_augmentation = lambda *_: v2.Compose([augmentation.RandomZoom(**augmentation.STAIN_ZOOM),
                                                                      standard_augmentation("standard")])
         else:
             augmentation.train_augmentation = lambda *_, kind=kind: standard_augmentation(kind)

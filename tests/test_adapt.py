@@ -15,6 +15,7 @@ from PIL import Image
 
 from wbc.cli import cli
 from wbc.data import load_folder
+from wbc.evaluation.calibration import calibrate_on_lab
 from wbc.inference import Predictor
 from wbc.jobs.train import train
 from wbc.tracking.registry import register_best
@@ -65,17 +66,17 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
     for name in ("lab_before_acc_present", "lab_after_acc_present", "valid_before_acc", "valid_after_acc", "lab_after_flagged",
                  "lab_after_error_unflagged", "lab_after_accepted"):
         assert name in run.data.metrics, name
-    assert run.data.params["calibrated_on"] == "18 labelled lab cells (their flags cross-fitted over 2 folds)"
-    assert "calibrated on 18 labelled lab cells" in result.output
+    assert run.data.params["calibrated_on"] == "18 labelled cells of lab-a (flags on them cross-fitted over 2 folds)"
+    assert "calibrated on 18 labelled cells of lab-a" in result.output
 
     source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
     served = Predictor.load("models:/wbc-classifier@lab-a", runtime="torch")
-    assert served.calibration.temperature != source.calibration.temperature, "refitted on the lab's cells"
     cells = load_folder(lab, served.image_size)
-    scores = served.score_pixels(cells.pixels)
-    right = scores.probabilities.argmax(axis=1) == cells.targets
-    flagged = ~served.calibration.in_distribution(scores.in_distribution_score)
-    assert right.any() and flagged[right].mean() <= 0.05 + 1 / right.sum(), "the threshold spares the cells it gets right"
+    refit, _, _ = calibrate_on_lab(served.logits_pixels(cells.pixels), cells.targets, served.calibration.fitted_on,
+                                   fallback_temperature=source.calibration.temperature)
+    for name in ("temperature", "review_threshold", "ood_threshold", "accepted_fraction"):
+        assert getattr(served.calibration, name) == pytest.approx(getattr(refit, name), rel=1e-3), name
+    assert served.calibration.fitted_on == run.data.params["calibrated_on"]
     means = [(a.running_mean, b.running_mean) for a, b in zip(source.model.modules(), served.model.modules())
              if isinstance(a, torch.nn.BatchNorm2d)]
     assert means and all(not torch.allclose(a, b) for a, b in means), "every batch-norm layer took the lab's statistics"
@@ -124,7 +125,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
                     "--no-onnx")
     assert result.exit_code == 0, result.output
     assert "fine-tuned on 9 labelled cells" in result.output and "9 held-out lab cells after" in result.output
-    assert "calibrated on PBC valid (out-of-distribution threshold: the lab's images)" in result.output, "too few cells left"
+    assert "calibrated on PBC valid; out-of-distribution threshold: the 18 images of lab-c" in result.output, "too few cells left"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
     params, metrics = run.data.params, run.data.metrics
     assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"].startswith("AdaBN + few-shot")

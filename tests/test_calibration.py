@@ -8,8 +8,8 @@ import torch
 
 from wbc.inference.calibration import Calibration, in_distribution_score
 
-from wbc.evaluation.calibration import (cross_fitted_flags, expected_calibration_error, fit_calibration, fit_lab_calibration,
-                                        fit_temperature, review_threshold)
+from wbc.evaluation.calibration import (calibrate_on_lab, cross_fitted_flags, expected_calibration_error, fit_calibration,
+                                        fit_lab_calibration, fit_temperature, review_threshold)
 from wbc.data.augmentation import train_augmentation
 from wbc.data.shifts import SEVERITIES, SHIFTS, apply_shift, magnify
 from wbc.inference import Predictor, export_model, load_calibration
@@ -77,7 +77,50 @@ def test_a_lab_calibration_flags_the_cells_it_gets_wrong_not_a_fixed_share_of_al
     assert flagged[recognised].mean() <= 0.05, "at most flag_rate of the cells it gets right"
     assert flagged[~recognised].mean() >= 0.9, "the unfamiliar, wrong cells are flagged"
     pooled = fit_calibration(torch.from_numpy(logits), torch.from_numpy(targets), flag_rate=0.05)
-    assert (~pooled.in_distribution(pooled.in_distribution_score(logits))).mean() <= 0.05, "valid's rule: 5 % of all"
+    pooled_flagged = ~pooled.in_distribution(pooled.in_distribution_score(logits))
+    assert pooled_flagged[~recognised].mean() <= 0.2, "valid's rule (5 % of all) would leave most wrong cells unflagged"
+
+
+def test_a_lab_calibration_keeps_the_models_temperature_when_the_likelihood_has_no_optimum():
+    logits, targets, recognised = _lab_logits()
+    right = fit_lab_calibration(logits[recognised][:10], targets[recognised][:10], fallback_temperature=1.7)
+    assert right.temperature == 1.7, "every cell right: the temperature would run to 0"
+    wrong = fit_lab_calibration(logits[~recognised][:10], targets[~recognised][:10], fallback_temperature=1.7)
+    assert wrong.temperature == 1.7, "every cell wrong: it would run to infinity"
+    scores = wrong.in_distribution_score(logits[~recognised][:10])
+    assert wrong.ood_threshold == float(np.quantile(scores, 0.05, method="lower")), "none right: all cells are the reference"
+    mixed = fit_lab_calibration(logits[:30], targets[:30], fallback_temperature=1.7)
+    assert mixed.temperature != 1.7
+    with pytest.raises(ValueError, match="without labelled cells"):
+        fit_lab_calibration(logits[:0], targets[:0])
+
+
+def test_the_calibration_a_lab_is_given_records_cross_fitted_not_in_sample_numbers():
+    logits, targets, _ = _lab_logits(seed=2)
+    calibration, in_distribution, review = calibrate_on_lab(logits, targets, "90 labelled cells of lab-x",
+                                                            fallback_temperature=1.0, seed=4)
+    in_sample = fit_lab_calibration(logits, targets)
+    assert calibration.temperature == in_sample.temperature and calibration.ood_threshold == in_sample.ood_threshold
+    assert calibration.fitted_on == "90 labelled cells of lab-x"
+    assert np.array_equal((in_distribution, review), cross_fitted_flags(logits, targets, seed=4))
+    correct = logits.argmax(axis=1) == targets
+    assert calibration.accepted_fraction == pytest.approx((~review).mean())
+    assert calibration.accepted_error == pytest.approx((~correct[~review]).mean())
+    assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))).fitted_on == "90 labelled cells of lab-x"
+    assert Calibration.from_dict({k: v for k, v in calibration.to_dict().items() if k != "fitted_on"}).fitted_on == "PBC valid"
+
+
+def test_flag_summaries_count_the_cells_with_neither_flag():
+    from wbc.evaluation.reports import FlagSummary
+
+    correct = np.array([True, True, False, False, True, False])
+    in_distribution = np.array([True, True, True, False, False, True])
+    review = np.array([False, True, False, False, False, True])
+    summary = FlagSummary.from_flags(correct, in_distribution, review)
+    assert summary.accepted == pytest.approx(2 / 6) and summary.error_accepted == pytest.approx(1 / 2)
+    assert summary.out_of_distribution == pytest.approx(2 / 6) and summary.error_flagged == pytest.approx(1 / 2)
+    nothing = FlagSummary.from_flags(correct, np.zeros(6, bool), review)
+    assert nothing.accepted == 0 and nothing.error_accepted is None
 
 
 def test_cross_fitted_flags_judge_each_half_by_thresholds_fitted_on_the_other():
@@ -135,18 +178,29 @@ def test_zoom_out_pads_with_the_background_colour():
     assert int(smaller[:, 18:22, 18:22].float().mean()) < 100
 
 
-def test_stain_augmentation_keeps_the_format_and_changes_colour_and_scale():
+def test_stain_augmentation_keeps_the_format_and_changes_the_colour():
     augment = train_augmentation("stain")
     torch.manual_seed(0)
     image = torch.full((3, 48, 48), 210, dtype=torch.uint8)
     image[:, 16:32, 16:32] = torch.tensor([90, 40, 120], dtype=torch.uint8).view(3, 1, 1)
     outputs = [augment(image) for _ in range(40)]
     assert all(o.shape == image.shape and o.dtype == torch.uint8 for o in outputs)
-    centre_colours = {tuple(o[:, 24, 24].tolist()) for o in outputs}
-    assert len(centre_colours) > 30, "the cell's colour varies"
-    grey = [o.float().mean(0) for o in outputs]
-    dark = [int((g < g[0].median() - 40).sum()) for g in grey]  # darker than the background of the first row
-    assert min(dark) < 16 * 16 * 0.8 < 16 * 16 * 1.2 < max(dark), "the cell is shrunk and enlarged"
+    assert len({tuple(o[:, 24, 24].tolist()) for o in outputs}) > 30, "the cell's colour varies"
+
+
+def test_random_zoom_scales_the_cell_within_its_range():
+    from wbc.data.augmentation import STAIN_ZOOM, RandomZoom
+
+    zoom = RandomZoom(STAIN_ZOOM["low"], STAIN_ZOOM["high"], p=1.0)
+    torch.manual_seed(0)
+    image = torch.full((3, 80, 80), 210, dtype=torch.uint8)
+    image[:, 30:50, 30:50] = 40
+    areas = np.array([int((zoom(image)[0] < 125).sum()) for _ in range(60)]) / 400
+    assert areas.min() >= 0.7**2 * 0.85 and areas.max() <= 1.5**2 * 1.15, "within 0.7-1.5x in size"
+    assert (areas < 0.8).any() and (areas > 1.4).any(), "shrinks and enlarges"
+    assert (areas == 1).sum() <= 3, "p=1: almost every image is rescaled"
+    untouched = RandomZoom(0.7, 1.5, p=0.0)
+    assert torch.equal(untouched(image), image)
 
 
 def test_robust_augmentation_runs_at_small_sizes():

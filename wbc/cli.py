@@ -460,8 +460,8 @@ def app_login(name: str, auth_file: str, password: str) -> None:
 @_experiment_option
 @_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @_option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-         help="Share of the lab's images (of its labelled cells the model gets right, where it has them) the "
-         "out-of-distribution flag may fire on.")
+         help="Share of the lab's cells the out-of-distribution flag may fire on: of the labelled cells the model "
+         "gets right when at least 10 are left to calibrate on, else of all the lab's images.")
 @_option("--labelled-per-class", default=0, show_default=True, type=click.IntRange(0),
          help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure. 0 = labels only measure and calibrate.")
 @click.option("--steps", default=FEW_SHOT_STEPS, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")

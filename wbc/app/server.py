@@ -165,6 +165,7 @@ class CellClassifier:
                 accepted_error=calibration.accepted_error,
                 ood_threshold=calibration.ood_threshold,
                 flag_rate=calibration.flag_rate,
+                fitted_on=calibration.fitted_on,
             )
         return info
 

@@ -63,11 +63,16 @@ class RandomZoom(torch.nn.Module):
         return magnify(image, math.exp(float(torch.empty(()).uniform_(math.log(self.low), math.log(self.high)))))
 
 
+STAIN_ZOOM = {"low": 0.7, "high": 1.5, "p": 0.7}
+"""The stain augmentation's zoom: 0.7-1.5x on 70 % of images (the GPU sweep's ``zoom`` setting)."""
+
+
 def stain_augmentation() -> list[torch.nn.Module]:
     """Strong stain and colour jitter with zoom and blur: the ``stain-strong+zoom`` variant of
-    ``benchmarks/other_lab_sweep.py`` (zoom 0.7-1.5x on 70 % of images), with wbc's own zoom and HED jitter."""
+    ``benchmarks/other_lab_sweep.py`` with wbc's own HED jitter and zoom (centred and padded with the background,
+    where the sweep's also shifted the cell by up to 5 % and padded by reflection)."""
     return [
-        RandomZoom(0.7, 1.5, p=0.7),
+        RandomZoom(**STAIN_ZOOM),
         RandomStain(0.5, p=0.8),
         v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.5, hue=0.05),
         RandomGamma(0.3),

@@ -25,7 +25,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from wbc.data.datamodule import DecodedImageDataset
-from wbc.inference.calibration import Calibration, in_distribution_score, softmax
+from wbc.inference.calibration import Calibration, in_distribution_score
 from wbc.inference.predictor import Predictor
 
 DEFAULT_TARGET_ERROR = 0.005
@@ -86,13 +86,21 @@ def fit_calibration(
     """Fit temperature, review threshold and the out-of-distribution threshold on one labelled split."""
     logits = torch.as_tensor(logits).float()
     targets = torch.as_tensor(targets).long()
-    temperature = fit_temperature(logits, targets)
+    return _calibration_at(logits, targets, fit_temperature(logits, targets), target_error, flag_rate)
+
+
+def _calibration_at(logits: torch.Tensor, targets: torch.Tensor, temperature: float, target_error: float,
+                    flag_rate: float, ood_cells: np.ndarray | None = None) -> Calibration:
+    """The calibration at ``temperature``: review threshold, the out-of-distribution threshold as the ``flag_rate``
+    quantile of the scores of ``ood_cells`` (bool (N,); None: all), and the record of what it does on these cells."""
     before = torch.softmax(logits, dim=1)
     after = torch.softmax(logits / temperature, dim=1)
     confidences, predicted = after.max(dim=1)
     correct = (predicted == targets).numpy()
     threshold = review_threshold(confidences.numpy(), correct, target_error)
     scores = in_distribution_score(logits, temperature)
+    if ood_cells is not None:
+        scores = scores[ood_cells]
     calibration = Calibration(
         temperature=temperature,
         review_threshold=threshold,
@@ -113,19 +121,26 @@ def fit_lab_calibration(
     targets: np.ndarray,
     target_error: float = DEFAULT_TARGET_ERROR,
     flag_rate: float = DEFAULT_FLAG_RATE,
+    *,
+    fallback_temperature: float = 1.0,
 ) -> Calibration:
     """Refit temperature, review threshold and out-of-distribution threshold on a lab's labelled cells (raw logits
-    float32 (N, 8), class indices (N,)), as :func:`fit_calibration` does on valid, except the out-of-distribution
-    threshold: the ``flag_rate`` quantile of the scores of the cells the model gets right, so that at most that share
-    of them is flagged and the flag is left to the cells unlike those (on a lab, many cells can be wrong; on valid
-    nearly none are, and the two rules agree)."""
-    calibration = fit_calibration(torch.as_tensor(logits), torch.as_tensor(targets), target_error, flag_rate)
-    logits, targets = np.asarray(logits, dtype=np.float32), np.asarray(targets)
-    correct = softmax(logits, calibration.temperature).argmax(axis=1) == targets
-    if correct.any():
-        scores = in_distribution_score(logits[correct], calibration.temperature)
-        calibration.ood_threshold = float(np.quantile(scores, flag_rate, method="lower"))
-    return calibration
+    float32 (N, 8), class indices (N,)), as :func:`fit_calibration` does on valid, with two differences:
+
+    - the out-of-distribution threshold is the ``flag_rate`` quantile of the scores of the cells the model gets right
+      (of all cells when it gets none right), so that at most that share of them is flagged and the flag is left to
+      the cells unlike those (on a lab many cells can be wrong; on valid nearly none are, and the two rules agree);
+    - when the model gets every cell right, or none, the likelihood has no finite optimum (the temperature would run
+      to 0 or to infinity): ``fallback_temperature`` (the model's own, from PBC valid) is kept.
+
+    Raises ValueError without cells."""
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+    targets = torch.as_tensor(np.asarray(targets)).long()
+    if len(targets) == 0:
+        raise ValueError("cannot refit a calibration without labelled cells")
+    correct = (logits.argmax(dim=1) == targets).numpy()
+    temperature = fit_temperature(logits, targets) if 0 < correct.sum() < len(correct) else fallback_temperature
+    return _calibration_at(logits, targets, temperature, target_error, flag_rate, correct if correct.any() else None)
 
 
 LAB_FOLDS = 2
@@ -140,11 +155,12 @@ def cross_fitted_flags(
     seed: int = 0,
     target_error: float = DEFAULT_TARGET_ERROR,
     flag_rate: float = DEFAULT_FLAG_RATE,
+    fallback_temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(in_distribution, review)`` bool (N,) for a lab's labelled cells (raw logits (N, 8), class indices (N,)), each
     cell's from :func:`fit_lab_calibration` on the folds it is not in (scikit-learn's ``StratifiedKFold``, shuffled with
     ``seed``): honest flags for cells that also fit the calibration the lab is given. Raises ValueError under
-    ``folds`` cells."""
+    ``folds`` cells, or when every class has fewer than ``folds`` cells (scikit-learn's)."""
     logits, targets = np.asarray(logits, dtype=np.float32), np.asarray(targets)
     if len(targets) < folds:
         raise ValueError(f"cross-fitting over {folds} folds needs at least {folds} labelled cells, got {len(targets)}")
@@ -154,10 +170,36 @@ def cross_fitted_flags(
         warnings.filterwarnings("ignore", "The least populated class", UserWarning)  # a class with one cell: fine
         splits = list(splitter.split(logits, targets))
     for fitting, judged in splits:
-        calibration = fit_lab_calibration(logits[fitting], targets[fitting], target_error, flag_rate)
+        calibration = fit_lab_calibration(logits[fitting], targets[fitting], target_error, flag_rate,
+                                          fallback_temperature=fallback_temperature)
         in_distribution[judged] = calibration.in_distribution(calibration.in_distribution_score(logits[judged]))
         review[judged] = calibration.needs_review(calibration.probabilities(logits[judged]).max(axis=1))
     return in_distribution, review
+
+
+def calibrate_on_lab(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    fitted_on: str,
+    *,
+    fallback_temperature: float,
+    target_error: float = DEFAULT_TARGET_ERROR,
+    flag_rate: float = DEFAULT_FLAG_RATE,
+    seed: int = 0,
+) -> tuple[Calibration, np.ndarray, np.ndarray]:
+    """What ``wbc adapt`` gives a lab with labelled cells: the calibration refitted on all of them
+    (:func:`fit_lab_calibration`, recorded as fitted on ``fitted_on``), and the cross-fitted ``(in_distribution,
+    review)`` flags of :func:`cross_fitted_flags`. The calibration's record of its review threshold (accepted share and
+    error among the accepted) is the cross-fitted one: measured in-sample on a few dozen cells it would be 0 % error
+    by construction."""
+    calibration = fit_lab_calibration(logits, targets, target_error, flag_rate, fallback_temperature=fallback_temperature)
+    in_distribution, review = cross_fitted_flags(logits, targets, seed=seed, target_error=target_error,
+                                                 flag_rate=flag_rate, fallback_temperature=fallback_temperature)
+    correct = np.asarray(logits).argmax(axis=1) == np.asarray(targets)
+    calibration.fitted_on = fitted_on
+    calibration.accepted_fraction = float((~review).mean())
+    calibration.accepted_error = float((~correct[~review]).mean()) if (~review).any() else None
+    return calibration, in_distribution, review
 
 
 def calibrate(

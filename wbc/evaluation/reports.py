@@ -27,9 +27,9 @@ class FlagSummary:
     """Error rate among the cells flagged out-of-distribution (None: none flagged)."""
     error_unflagged: float | None
     """Error rate among the cells not flagged (None: all flagged). Honest flags keep this low and the other high."""
-    accepted: float | None = None
+    accepted: float
     """Share of cells with neither flag: the answers a lab can take as they are."""
-    error_accepted: float | None = None
+    error_accepted: float | None
     """Error rate among the accepted cells (None: none accepted)."""
 
     @classmethod

@@ -1,8 +1,9 @@
 """The calibration record a model carries (``model.json``, key ``calibration``) and the score it reads.
 
-The numbers are fitted on the validation split by :mod:`wbc.evaluation.calibration` (temperature scaling,
-Guo et al. 2017; review threshold; energy out-of-distribution threshold, Liu et al. 2020); here they are
-only applied, with NumPy alone, so the served model needs nothing else (no PyTorch).
+The numbers are fitted on the validation split (or, by ``wbc adapt``, on a lab's cells) by
+:mod:`wbc.evaluation.calibration` (temperature scaling, Guo et al. 2017; review threshold; energy out-of-distribution
+threshold, Liu et al. 2020); here they are only applied, with NumPy alone, so the served model needs nothing else
+(no PyTorch).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class Calibration:
     ood_threshold: float
     flag_rate: float
     ood_method: str = "energy"
+    fitted_on: str = "PBC valid"
+    """Where the numbers were fitted: the training data's validation split, or a lab's cells (``wbc adapt``)."""
     # measured on the split it was fitted on, for the record
     ece_before: float | None = None
     ece_after: float | None = None

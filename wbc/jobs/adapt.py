@@ -25,7 +25,7 @@ import numpy as np
 
 from wbc import defaults
 from wbc.data import BarcelonaDataset, DatasetError, LabelledFolder, image_files, load_folder, load_split, load_unlabelled
-from wbc.evaluation.calibration import LAB_FOLDS, DEFAULT_FLAG_RATE, calibrate, cross_fitted_flags, fit_lab_calibration
+from wbc.evaluation.calibration import DEFAULT_FLAG_RATE, LAB_FOLDS, calibrate, calibrate_on_lab
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor, export_metrics, export_model
 from wbc.inference.calibration import is_blank
@@ -53,8 +53,8 @@ class AdaptResult:
     lab_after: Evaluation | None
     valid_before: Evaluation
     valid_after: Evaluation
-    calibrated_on: str = "PBC valid"
-    """Where the registered model's temperature and thresholds were fitted."""
+    calibrated_on: str
+    """Where the registered model's temperature and thresholds were fitted (its calibration's ``fitted_on``)."""
 
     def summary(self) -> str:
         """What ``wbc adapt`` prints: before and after, on the lab's cells and on PBC valid."""
@@ -137,6 +137,7 @@ def adapt_model(
         predictor.calibration, _ = calibrate(predictor, valid)
     tuning, held_out = _split_per_class(lab.targets, labelled_per_class, seed) if labelled_per_class else ([], None)
     measured = lab.subset(held_out) if held_out is not None else lab
+    lab_name = Path(images).resolve().name
     lab_before = _scores(predictor, measured) if labelled else None
     valid_before = _scores(predictor, valid)
 
@@ -145,35 +146,35 @@ def adapt_model(
         replay = load_split(data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS, cache_dir=cache_dir)
         fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], replay_pixels=replay.pixels,
                            replay_targets=replay.targets, steps=steps, seed=seed)
-    target_error = predictor.calibration.target_error
+    source_calibration = predictor.calibration
+    target_error = source_calibration.target_error
     if labelled and len(measured) >= MIN_LAB_CALIBRATION_CELLS:
         logits = predictor.logits_pixels(measured.pixels)
-        predictor.calibration = fit_lab_calibration(logits, measured.targets, target_error, flag_rate)
-        in_distribution, review = cross_fitted_flags(logits, measured.targets, seed=seed, target_error=target_error,
-                                                     flag_rate=flag_rate)
+        fitted_on = (f"{len(measured)} labelled cells of {lab_name}{' held out from the fine-tune' if labelled_per_class else ''}"
+                     f" (flags on them cross-fitted over {LAB_FOLDS} folds)")
+        predictor.calibration, in_distribution, review = calibrate_on_lab(
+            logits, measured.targets, fitted_on, fallback_temperature=source_calibration.temperature,
+            target_error=target_error, flag_rate=flag_rate, seed=seed)
         in_distribution &= ~is_blank(measured.pixels)
         lab_after = Evaluation.from_scores(measured.targets, predictor.calibration.probabilities(logits), in_distribution, review)
-        calibrated_on = (f"{len(measured)} labelled lab cells{' held out from the fine-tune' if labelled_per_class else ''} "
-                         f"(their flags cross-fitted over {LAB_FOLDS} folds)")
     else:
         if labelled_per_class:
             predictor.calibration, _ = calibrate(predictor, valid, target_error, flag_rate)  # the network changed
         lab_scores = predictor.score_pixels(lab.pixels).in_distribution_score
-        predictor.calibration = replace(predictor.calibration, flag_rate=flag_rate,
+        fitted_on = (f"{predictor.calibration.fitted_on}; out-of-distribution threshold: the {len(lab)} images of "
+                     f"{lab_name}")
+        predictor.calibration = replace(predictor.calibration, flag_rate=flag_rate, fitted_on=fitted_on,
                                         ood_threshold=float(np.quantile(lab_scores, flag_rate, method="lower")))
         lab_after = _scores(predictor, measured) if labelled else None
-        calibrated_on = ("PBC valid" if labelled_per_class else "the source model's PBC valid") + (
-            " (out-of-distribution threshold: the lab's images)")
     valid_after = _scores(predictor, valid)
 
     configure_tracking(experiment)
-    lab_name = Path(images).resolve().name
     with mlflow.start_run(run_name=f"adapt to {lab_name} ({alias})", tags=run_tags(**{RUN_KIND_TAG: "adapt"})) as run:
         log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
                          "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
                          "seed": seed, "held_out": len(measured) if labelled else 0,
                          "method": "AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN",
-                         "calibrated_on": calibrated_on,
+                         "calibrated_on": predictor.calibration.fitted_on,
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
                          "data_dir": str(Path(data_dir).resolve())})
         log_image_dataset(lab.paths, lab.targets, images, lab_name, "adaptation")
@@ -189,4 +190,4 @@ def adapt_model(
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
     version = register_adapted(run.info.run_id, alias, source=model)
     return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if labelled else 0,
-                       lab_before, lab_after, valid_before, valid_after, calibrated_on)
+                       lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on)

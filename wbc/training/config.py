@@ -80,7 +80,7 @@ class TrainConfig:
     image_size: int = setting(0, "Input size in pixels; 0 = the model's own (e.g. 128 for efficientnet_lite0).",
                               low=0, high=1024, resumable=True, default_text="the model's own")
     augment: str = setting(DEFAULT_AUGMENTATION, "standard: flips, rotations, light colour jitter; robust: + zoom, stain, light, "
-                           "blur, resolution and JPEG shifts; stain: strong stain and colour jitter with zoom, blur, resolution and JPEG "
+                           "blur, resolution and JPEG shifts; stain: strong stain and colour jitter with zoom (0.7-1.5x) and blur "
                            "(holds up best on other labs' cells); none.", choices=AUGMENTATIONS, resumable=True)
     sampling: str = setting(DEFAULT_SAMPLING, "shuffle: each image once per epoch; balanced: each class equally often (drawn "
                             "with replacement).", choices=SAMPLINGS, resumable=True)
