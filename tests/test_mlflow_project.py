@@ -276,11 +276,11 @@ def test_main_entry_point_trains_and_registers_the_champion(synthetic_data, tmp_
     assert {run.info.experiment_id for run in runs} == {lab.experiment_id}, "every stage in the experiment asked for"
     first, second, averaged = runs
     assert [run.info.run_name for run in runs] == [
-        "main stage 1: finetune efficientnet_lite0 64px", "main stage 2: finetune efficientnet_lite0 64px robust",
-        "main stage 3: average of stages 1 and 2 (finetune efficientnet_lite0 64px)"]
+        "main stage 1: finetune efficientnet_lite0 64px stain", "main stage 2: finetune efficientnet_lite0 64px robust",
+        "main stage 3: average of stages 1 and 2 (finetune efficientnet_lite0 64px stain)"]
     assert first.data.tags["mlflow.project.entryPoint"] == "main"
     assert first.data.params["arch"] == "efficientnet_lite0" and first.data.params["mode"] == "finetune"
-    assert first.data.params["augment"] == "standard" and first.data.params["head_epochs"] == "0", "one epoch: no head-only one"
+    assert first.data.params["augment"] == "stain" and first.data.params["head_epochs"] == "0", "one epoch: no head-only one"
     assert [run.data.params["image_size"] for run in runs] == ["64"] * 3, "every stage at the size asked for"
     # stage 2 continues stage 1's model with the shift augmentation, in a run of its own
     assert second.data.params["init_from"] == f"runs:/{first.info.run_id}/model"
