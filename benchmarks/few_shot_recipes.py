@@ -18,6 +18,8 @@ import json
 import statistics
 import time
 
+import numpy as np
+
 VARIANTS = {
     "base": dict(steps=60, lr=1e-4, replay=True),
     "lr3": dict(steps=60, lr=3e-4, replay=True),
@@ -31,11 +33,19 @@ VARIANTS = {
     "s200frz4": dict(steps=200, lr=1e-4, replay=True, freeze_stages=4),
     "s200last": dict(steps=200, lr=1e-4, replay=True, unfreeze="last"),
     "s200head": dict(steps=200, lr=1e-3, replay=True, unfreeze="head"),
+    "s300zoom": dict(steps=300, lr=1e-4, replay=True, augment="zoom"),
+    "s200zoomlr2": dict(steps=200, lr=2e-4, replay=True, augment="zoom"),
+    "s200zoomfrz2": dict(steps=200, lr=1e-4, replay=True, augment="zoom", freeze_stages=2),
+    "s200zoompl": dict(steps=200, lr=1e-4, replay=True, augment="zoom", pseudo=0.9),
 }
 """steps and lr of the fine-tuning; replay: half of each batch from PBC training images; augment: the fine-tuning's
-augmentation (default ``standard``; ``zoom``: standard after the stain augmentation's zoom, 0.7-1.5x on 70 %);
+augmentation (``train_augmentation``'s kind; here ``standard`` unless named; ``zoom``: standard with the stain
+augmentation's zoom, 0.7-1.5x on 70 %);
 freeze_stages: the network's first stages keep their weights (``Classifier.set_trainable``); unfreeze: ``last``
-trains only the head and the last block, ``head`` only the head (default: the whole network)."""
+trains only the head and the last block, ``head`` only the head (default: the whole network); pseudo: then
+self-training (pseudo-labels, Lee 2013): the lab's other cells, their labels unused, that the fine-tuned model assigns
+to one of the labelled classes with probability >= ``pseudo`` join the labelled ones for another ``steps // 2``
+steps (transductive: the held-out cells are among them)."""
 
 
 def main() -> None:
@@ -51,9 +61,6 @@ def main() -> None:
     from wbc._process import tune_malloc_and_reexec
 
     tune_malloc_and_reexec()
-    from torchvision.transforms import v2
-
-    import wbc.data.augmentation as augmentation
     from wbc.data import load_folder, load_split
     from wbc.evaluation.reports import Evaluation
     from wbc.inference import Predictor
@@ -63,7 +70,6 @@ def main() -> None:
     base = Predictor.load(args.model, runtime="torch")
     lab = load_folder(args.images, base.image_size)
     replay = load_split(args.data_dir, "train", base.image_size, limit_per_class=REPLAY_PER_CLASS)
-    standard_augmentation = augmentation.train_augmentation
 
     def accuracy(predictor, indices, tta):
         predictor.tta = tta
@@ -73,13 +79,7 @@ def main() -> None:
 
     for name in args.variants.split(","):
         settings = VARIANTS[name]
-        kind = settings.get("augment", "standard")
-        if kind == "zoom":  # what fine_tune_few_shot calls
-            augmentation.train_augmentation = lambda *_: v2.Compose([augmentation.RandomZoom(**augmentation.STAIN_ZOOM),
-                                                                     standard_augmentation("standard")])
-        else:
-            augmentation.train_augmentation = lambda *_, kind=kind: standard_augmentation(kind)
-        single, tta, start = [], [], time.time()
+        single, tta, pseudo_counts, start = [], [], [], time.time()
         for seed in range(args.seeds):
             tuning, held_out = _split_per_class(lab.targets, args.per_class, seed)
             predictor = copy.deepcopy(base)
@@ -92,12 +92,23 @@ def main() -> None:
                                               freeze_stages=settings.get("freeze_stages", 0))
             extra = dict(replay_pixels=replay.pixels, replay_targets=replay.targets) if settings["replay"] else {}
             fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], steps=settings["steps"],
-                               lr=settings["lr"], seed=seed, **extra)
+                               lr=settings["lr"], augment=settings.get("augment", "standard"), seed=seed, **extra)
+            if "pseudo" in settings:
+                others = np.setdiff1d(np.arange(len(lab.targets)), tuning)
+                probabilities = predictor.score_pixels(lab.pixels[others]).probabilities
+                labelled_classes = np.unique(lab.targets[tuning])
+                confident = probabilities[:, labelled_classes].max(axis=1) >= settings["pseudo"]
+                guesses = labelled_classes[probabilities[:, labelled_classes].argmax(axis=1)]
+                chosen = np.concatenate([tuning, others[confident]])
+                targets = np.concatenate([lab.targets[tuning], guesses[confident]])
+                pseudo_counts.append((int(confident.sum()), int((guesses[confident] != lab.targets[others][confident]).sum())))
+                fine_tune_few_shot(predictor.model, lab.pixels[chosen], targets, steps=settings["steps"] // 2,
+                                   lr=settings["lr"], augment=settings.get("augment", "standard"), seed=seed + 1000, **extra)
             single.append(accuracy(predictor, held_out, False))
             tta.append(accuracy(predictor, held_out, True))
+        extra_fields = {"pseudo_labelled_wrong": pseudo_counts} if pseudo_counts else {}
         print(json.dumps(dict(variant=name, **settings, acc=single, mean=statistics.mean(single), tta=tta,
-                              mean_tta=statistics.mean(tta), minutes=(time.time() - start) / 60)), flush=True)
-    augmentation.train_augmentation = standard_augmentation
+                              mean_tta=statistics.mean(tta), **extra_fields, minutes=(time.time() - start) / 60)), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from wbc.inference import Predictor
 from wbc.jobs.train import train
 from wbc.tracking.registry import register_best
 from wbc.training.config import TrainConfig
+from wbc.training.recipes import FEW_SHOT_AUGMENTATION
 
 from conftest import cell_image, free_port, start_http_server, stop_process_group
 
@@ -129,6 +130,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
     params, metrics = run.data.params, run.data.metrics
     assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"].startswith("AdaBN + few-shot")
+    assert params["few_shot_augment"] == FEW_SHOT_AUGMENTATION
     assert metrics["lab_after_acc_present"] > metrics["lab_before_acc_present"], "the lab's held-out cells gained"
     source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
     served = Predictor.load("models:/wbc-classifier@lab-c", runtime="torch")

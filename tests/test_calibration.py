@@ -203,6 +203,21 @@ def test_random_zoom_scales_the_cell_within_its_range():
     assert torch.equal(untouched(image), image)
 
 
+def test_zoom_augmentation_rescales_the_cell_and_standard_does_not():
+    torch.manual_seed(0)
+    image = torch.full((3, 80, 80), 210, dtype=torch.uint8)
+    image[:, 30:50, 30:50] = 40
+
+    def areas(kind):
+        augment = train_augmentation(kind)
+        return np.array([int((augment(image)[0] < 125).sum()) for _ in range(60)]) / 400
+
+    assert np.all(areas("standard") == 1), "flips, turns and light jitter keep the cell's size"
+    zoomed = areas("zoom")
+    assert (zoomed < 0.8).any() and (zoomed > 1.4).any(), "zoom shrinks and enlarges"
+    assert 0.15 <= (zoomed == 1).mean() <= 0.5, "about 30 % of images keep their size (p = 0.7)"
+
+
 def test_robust_augmentation_runs_at_small_sizes():
     augment = train_augmentation("robust")
     torch.manual_seed(0)

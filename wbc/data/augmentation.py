@@ -1,6 +1,8 @@
 """Training augmentation of decoded uint8 images (3, S, S), with torchvision.transforms.v2.
 
 - ``standard``: flips, 90-degree turns, light colour jitter;
+- ``zoom``: + the cell at another magnification (0.7-1.5x on 70 % of images, :data:`STAIN_ZOOM`): the few-shot
+  fine-tune's augmentation of a lab's cells (:data:`wbc.training.recipes.FEW_SHOT_AUGMENTATION`);
 - ``robust``: + the lab-to-lab shifts of :mod:`wbc.data.shifts` now and then;
 - ``stain``: + strong stain and colour jitter (HED, hue, saturation, contrast, gamma, greyscale), zoom and blur:
   the variant that held up best on another lab's cells (benchmarks/RESULTS.md, "Other labs").
@@ -89,7 +91,7 @@ def train_augmentation(kind: str = DEFAULT_AUGMENTATION) -> v2.Compose | None:
         return None
     if kind == "stain":
         return v2.Compose([*stain_augmentation(), v2.RandomHorizontalFlip(), RandomRot90()])
-    shifts = robust_augmentation() if kind == "robust" else []
+    shifts = {"robust": robust_augmentation(), "zoom": [RandomZoom(**STAIN_ZOOM)]}.get(kind, [])
     return v2.Compose(
         [
             *shifts,

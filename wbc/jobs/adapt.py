@@ -2,8 +2,9 @@
 
 Always, without labels: the batch-norm statistics are re-estimated on all the lab's images
 (:mod:`wbc.training.adaptation`). With ``labelled_per_class`` N > 0 and a labelled folder (``<class>/<image>``),
-the network is then fine-tuned on up to N cells of each class (seeded), half of each batch replaying PBC training
-images so the classes the lab did not label are still predicted; the lab's other cells are held out.
+the network is then fine-tuned on up to N cells of each class (seeded; zoomed 0.7-1.5x among the augmentations,
+:data:`~wbc.training.recipes.FEW_SHOT_AUGMENTATION`), half of each batch replaying PBC training images so the classes
+the lab did not label are still predicted; the lab's other cells are held out.
 
 Calibration: with at least :data:`MIN_LAB_CALIBRATION_CELLS` labelled cells not used to fine-tune, temperature, review
 threshold and out-of-distribution threshold are refitted on them
@@ -34,7 +35,7 @@ from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import check_lab_alias, register_adapted
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
-from wbc.training.recipes import FEW_SHOT_STEPS
+from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
 
 
 @dataclass
@@ -172,6 +173,7 @@ def adapt_model(
     with mlflow.start_run(run_name=f"adapt to {lab_name} ({alias})", tags=run_tags(**{RUN_KIND_TAG: "adapt"})) as run:
         log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
                          "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
+                         "few_shot_augment": FEW_SHOT_AUGMENTATION if labelled_per_class else "none",
                          "seed": seed, "held_out": len(measured) if labelled else 0,
                          "method": "AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN",
                          "calibrated_on": predictor.calibration.fitted_on,

@@ -10,7 +10,7 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from wbc.models import Classifier
-from wbc.training.recipes import FEW_SHOT_STEPS
+from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
 
 
 def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -42,10 +42,12 @@ def fine_tune_few_shot(
     steps: int = FEW_SHOT_STEPS,
     batch_size: int = 16,
     lr: float = 1e-4,
+    augment: str = FEW_SHOT_AUGMENTATION,
     seed: int = 0,
 ) -> list[float]:
     """Fine-tune the whole network on a lab's few labelled cells (``pixels`` uint8 (N, 3, S, S), ``targets`` class
-    indices), with flips, 90-degree turns and light colour jitter, AdamW at ``lr`` for ``steps`` steps of
+    indices), with the ``augment`` augmentation (:func:`wbc.data.augmentation.train_augmentation`; by default flips,
+    90-degree turns, light colour jitter and zoom 0.7-1.5x), AdamW at ``lr`` for ``steps`` steps of
     ``batch_size``; batch-norm layers stay in eval mode (their statistics are the lab's, from
     :func:`reestimate_batch_norm`). With ``replay_*`` (training images of every class) half of each batch is drawn
     from them, so the classes the lab did not label are still predicted. Returns the loss of each step; the model is
@@ -53,7 +55,7 @@ def fine_tune_few_shot(
     from wbc.data.augmentation import train_augmentation
 
     generator = torch.Generator().manual_seed(seed)
-    augment = train_augmentation()
+    transform = train_augmentation(augment) or (lambda image: image)
     lab = torch.from_numpy(np.array(pixels)), torch.as_tensor(np.asarray(targets), dtype=torch.long)
     replay = None
     if replay_pixels is not None and len(replay_pixels):
@@ -73,7 +75,7 @@ def fine_tune_few_shot(
             if replay is not None:
                 extra = torch.randint(len(replay[0]), (batch_size - lab_count,), generator=generator)
                 images, labels = torch.cat([images, replay[0][extra]]), torch.cat([labels, replay[1][extra]])
-            images = torch.stack([augment(image) for image in images])
+            images = torch.stack([transform(image) for image in images])
             loss = torch.nn.functional.cross_entropy(model(images), labels)
             optimizer.zero_grad()
             loss.backward()
