@@ -1,0 +1,89 @@
+"""Test-time variants of a trained model on another lab's cells, zero-shot: what inference alone can do.
+
+Usage: python benchmarks/zero_shot_test_time.py MODEL [--images ../shared/data/other-lab] [--valid-per-class 40]
+
+Scores the lab's labelled cells (accuracy among the classes present) and the first ``--valid-per-class`` images of
+each class of PBC ``valid`` with: one view; the mean of the 8 flips/rotations (TTA); the cells zoomed at test time
+(``wbc.data.shifts.magnify``); batch-norm statistics re-estimated on the lab's images (AdaBN, no labels), with and
+without TTA; and two colour standardisations from scikit-image applied to every image: Reinhard et al. 2001's
+colour transfer in CIELAB to PBC valid's mean and spread, and histogram matching to 16 PBC valid images
+(``skimage.exposure.match_histograms``). One JSON line per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--images", default="../shared/data/other-lab")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--valid-per-class", type=int, default=40)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from skimage.color import lab2rgb, rgb2lab
+    from skimage.exposure import match_histograms
+
+    from wbc.data import load_folder, load_split
+    from wbc.data.shifts import magnify
+    from wbc.evaluation.reports import Evaluation
+    from wbc.inference import Predictor
+    from wbc.training.adaptation import reestimate_batch_norm
+
+    predictor = Predictor.load(args.model, runtime="torch")
+    lab = load_folder(args.images, predictor.image_size)
+    valid = load_split(args.data_dir, "valid", predictor.image_size, limit_per_class=args.valid_per_class)
+    lab_pixels, valid_pixels = np.array(lab.pixels), np.array(valid.pixels)
+
+    def accuracy(model, pixels, targets, tta=False):
+        model.tta = tta
+        probabilities = model.score_pixels(pixels).probabilities
+        model.tta = False
+        return round(100 * Evaluation.from_scores(targets, probabilities).present_accuracy, 2)
+
+    def report(variant, lab_images=lab_pixels, valid_images=valid_pixels, model=predictor, tta=False):
+        line = {"variant": variant, "other_lab": accuracy(model, lab_images, lab.targets, tta)}
+        if valid_images is not None:
+            line["valid_subset"] = accuracy(model, valid_images, valid.targets, tta)
+        print(json.dumps(line), flush=True)
+
+    report("one view")
+    report("TTA (8 flips/rotations)", tta=True)
+    for zoom in (0.6, 0.7, 0.8, 0.9, 1.1, 1.25):
+        zoomed = torch.stack([magnify(image, zoom) for image in torch.from_numpy(lab_pixels)]).numpy()
+        report(f"zoom {zoom} at test time (lab only)", zoomed, None)
+    adapted = copy.deepcopy(predictor)
+    reestimate_batch_norm(adapted.model, lab_pixels)
+    report("AdaBN on the lab's images", valid_images=None, model=adapted)
+    report("AdaBN + TTA", valid_images=None, model=adapted, tta=True)
+
+    reference = rgb2lab(valid_pixels.transpose(0, 2, 3, 1)).reshape(-1, 3)
+    mean, spread = reference.mean(axis=0), reference.std(axis=0)
+
+    def reinhard(pixels):
+        out = []
+        for image in pixels.transpose(0, 2, 3, 1):
+            colours = rgb2lab(image)
+            flat = colours.reshape(-1, 3)
+            colours = (colours - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-6) * spread + mean
+            out.append(np.round(np.clip(lab2rgb(colours), 0, 1) * 255).astype(np.uint8))
+        return np.stack(out).transpose(0, 3, 1, 2)
+
+    references = np.concatenate(list(valid_pixels[:: max(1, len(valid_pixels) // 16)][:16].transpose(0, 2, 3, 1)))
+
+    def matched(pixels):
+        return np.stack([np.round(match_histograms(image, references, channel_axis=-1)).astype(np.uint8)
+                         for image in pixels.transpose(0, 2, 3, 1)]).transpose(0, 3, 1, 2)
+
+    report("Reinhard colour transfer to PBC (every image)", reinhard(lab_pixels), reinhard(valid_pixels))
+    report("histogram matching to PBC (every image)", matched(lab_pixels), matched(valid_pixels))
+
+
+if __name__ == "__main__":
+    main()
