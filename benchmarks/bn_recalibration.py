@@ -3,7 +3,7 @@
 Usage: python benchmarks/bn_recalibration.py "models:/wbc-classifier/4" [--data-dir ../shared/data] [--images 6000]
 
 Averaging weights (``wbc average``) also averages the batch-norm running statistics, which SWA-style
-recipes re-estimate afterwards. For each training-image stream (no augmentation, standard, robust) this
+recipes re-estimate afterwards. For each training-image stream (each of ``AUGMENTATIONS``) this
 resets every batch-norm layer's statistics, runs ``--images`` training images through the model in
 training mode (cumulative average, no weight update, seed 0) and prints clean validation accuracy
 next to the model's own.

@@ -1,12 +1,13 @@
 """Test-time variants of a trained model on another lab's cells, zero-shot: what inference alone can do.
 
-Usage: python benchmarks/zero_shot_test_time.py MODEL [--images ../shared/data/other-lab] [--valid-per-class 40]
+Usage: python benchmarks/zero_shot_test_time.py MODEL [--images ../shared/data/other-lab] [--data-dir ../shared/data]
+       [--valid-per-class 40]
 
 Scores the lab's labelled cells (accuracy among the classes present) and the first ``--valid-per-class`` images of
 each class of PBC ``valid`` with: one view; the mean of the 8 flips/rotations (TTA); the cells zoomed at test time
 (``wbc.data.shifts.magnify``); batch-norm statistics re-estimated on the lab's images (AdaBN, no labels), with and
 without TTA; and two colour standardisations from scikit-image applied to every image: Reinhard et al. 2001's
-colour transfer in CIELAB to PBC valid's mean and spread, and histogram matching to 16 PBC valid images
+colour transfer in CIELAB to the mean and spread of those PBC valid images, and histogram matching to 16 PBC valid images
 (``skimage.exposure.match_histograms``). One JSON line per variant.
 """
 
@@ -25,6 +26,9 @@ def main() -> None:
     parser.add_argument("--valid-per-class", type=int, default=40)
     args = parser.parse_args()
 
+    from wbc._process import tune_malloc_and_reexec
+
+    tune_malloc_and_reexec()
     import numpy as np
     import torch
     from skimage.color import lab2rgb, rgb2lab

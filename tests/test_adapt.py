@@ -171,3 +171,21 @@ def test_shiftbench_scores_another_labs_cells_as_a_real_shift_row_apart_from_the
 
     plain = invoke("shiftbench", model, "--data-dir", synthetic_data)
     assert plain.exit_code == 0 and "lab rows" not in plain.output, "no other-lab folder under the data: no real-shift row"
+
+
+@pytest.mark.parametrize("augment", [None, "standard", "none"], ids=["default", "standard", "none"])
+def test_the_few_shot_fine_tune_augments_with_the_kind_it_is_given(monkeypatch, augment):
+    import wbc.data.augmentation as augmentation
+    from wbc.models import build_model
+    from wbc.training.adaptation import fine_tune_few_shot
+
+    asked, real = [], augmentation.train_augmentation
+    monkeypatch.setattr(augmentation, "train_augmentation", lambda kind: asked.append(kind) or real(kind))
+    model = build_model("scratch")
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    chosen = {} if augment is None else {"augment": augment}
+    losses = fine_tune_few_shot(model, pixels, np.array([0, 1, 2, 3]), steps=2, batch_size=4, **chosen)
+    assert asked == [augment or FEW_SHOT_AUGMENTATION] and len(losses) == 2 and all(np.isfinite(losses))
+    assert not model.training
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        fine_tune_few_shot(model, pixels, np.array([0, 1, 2, 3]), steps=1, augment="strong")

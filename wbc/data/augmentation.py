@@ -66,7 +66,8 @@ class RandomZoom(torch.nn.Module):
 
 
 STAIN_ZOOM = {"low": 0.7, "high": 1.5, "p": 0.7}
-"""The stain augmentation's zoom: 0.7-1.5x on 70 % of images (the GPU sweep's ``zoom`` setting)."""
+"""The zoom of the ``stain`` and ``zoom`` augmentations: 0.7-1.5x on 70 % of images (the GPU sweep's ``zoom``
+setting)."""
 
 
 def stain_augmentation() -> list[torch.nn.Module]:

@@ -146,7 +146,7 @@ def adapt_model(
     if labelled_per_class:
         replay = load_split(data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS, cache_dir=cache_dir)
         fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], replay_pixels=replay.pixels,
-                           replay_targets=replay.targets, steps=steps, seed=seed)
+                           replay_targets=replay.targets, steps=steps, augment=FEW_SHOT_AUGMENTATION, seed=seed)
     source_calibration = predictor.calibration
     target_error = source_calibration.target_error
     if labelled and len(measured) >= MIN_LAB_CALIBRATION_CELLS:
@@ -173,7 +173,7 @@ def adapt_model(
     with mlflow.start_run(run_name=f"adapt to {lab_name} ({alias})", tags=run_tags(**{RUN_KIND_TAG: "adapt"})) as run:
         log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
                          "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
-                         "few_shot_augment": FEW_SHOT_AUGMENTATION if labelled_per_class else "none",
+                         **({"few_shot_augment": FEW_SHOT_AUGMENTATION} if labelled_per_class else {}),
                          "seed": seed, "held_out": len(measured) if labelled else 0,
                          "method": "AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN",
                          "calibrated_on": predictor.calibration.fitted_on,

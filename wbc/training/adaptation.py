@@ -45,13 +45,14 @@ def fine_tune_few_shot(
     augment: str = FEW_SHOT_AUGMENTATION,
     seed: int = 0,
 ) -> list[float]:
-    """Fine-tune the whole network on a lab's few labelled cells (``pixels`` uint8 (N, 3, S, S), ``targets`` class
-    indices), with the ``augment`` augmentation (:func:`wbc.data.augmentation.train_augmentation`; by default flips,
-    90-degree turns, light colour jitter and zoom 0.7-1.5x), AdamW at ``lr`` for ``steps`` steps of
-    ``batch_size``; batch-norm layers stay in eval mode (their statistics are the lab's, from
-    :func:`reestimate_batch_norm`). With ``replay_*`` (training images of every class) half of each batch is drawn
-    from them, so the classes the lab did not label are still predicted. Returns the loss of each step; the model is
-    left in eval mode. The few-shot recipe follows Chossegros et al. 2024."""
+    """Fine-tune the whole network on a lab's few labelled cells (``pixels`` uint8 (N, 3, S, S), ``targets`` int (N,)
+    class indices), each image transformed by the augmentation named ``augment``
+    (:func:`wbc.data.augmentation.train_augmentation`; default :data:`~wbc.training.recipes.FEW_SHOT_AUGMENTATION`,
+    ``"none"`` = as they are), AdamW at ``lr`` for ``steps`` steps of ``batch_size``; batch-norm layers stay in eval
+    mode (their statistics are the lab's, from :func:`reestimate_batch_norm`). With ``replay_pixels`` and
+    ``replay_targets`` (training images of every class, same formats) half of each batch is drawn from them, so the
+    classes the lab did not label are still predicted. Returns the loss of each step; the model is left in eval mode.
+    Raises ValueError for an unknown ``augment``. The few-shot recipe follows Chossegros et al. 2024."""
     from wbc.data.augmentation import train_augmentation
 
     generator = torch.Generator().manual_seed(seed)

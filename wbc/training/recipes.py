@@ -27,7 +27,7 @@ FEW_SHOT_AUGMENTATION = "zoom"
 """The few-shot fine-tune's augmentation of a lab's cells (and the PBC cells replayed beside them): the standard
 flips, turns and light colour jitter, with the cell zoomed 0.7-1.5x on 70 % of images, since a lab's magnification
 differs from PBC's. On the champion, over 10 seeded draws of 10 cells per class, 93.0 % on the other 50 cells against
-90.8 % with the standard augmentation (paired: better on 6 draws, worse on 1): benchmarks/RESULTS.md, "Other labs:
+90.8 % with the standard augmentation (paired: better on 5 draws, worse on 1, equal on 4): benchmarks/RESULTS.md, "Other labs:
 few-shot fine-tuning with zoom"."""
 
 FAST_RECIPE = {"epochs": 6, "image_size": 160}
