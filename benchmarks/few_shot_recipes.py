@@ -35,6 +35,7 @@ VARIANTS = {
     "s200head": dict(steps=200, lr=1e-3, replay=True, unfreeze="head"),
     "s300zoom": dict(steps=300, lr=1e-4, replay=True, augment="zoom"),
     "s200zoompl": dict(steps=200, lr=1e-4, replay=True, augment="zoom", pseudo=0.9),
+    "s200zoomsoup3": dict(steps=200, lr=1e-4, replay=True, augment="zoom", soup=3),
 }
 """steps and lr of the fine-tuning; replay: half of each batch from PBC training images; augment: the fine-tuning's
 augmentation (``train_augmentation``'s kind; here ``standard`` unless named; ``zoom``: standard with the stain
@@ -43,7 +44,9 @@ freeze_stages: the network's first stages keep their weights (``Classifier.set_t
 trains only the head and the last block, ``head`` only the head (default: the whole network); pseudo: then
 self-training (pseudo-labels, Lee 2013): the lab's other cells, their labels unused, that the fine-tuned model assigns
 to one of the labelled classes with probability >= ``pseudo`` join the labelled ones for another ``steps // 2``
-steps (transductive: the held-out cells are among them)."""
+steps (transductive: the held-out cells are among them); soup: that many fine-tunes of the same cells with other
+augmentation draws (seeds seed, seed + 1000, ...), their weights averaged (a uniform model soup, Wortsman et al. 2022,
+with ``wbc.training.averaging.average_weights``)."""
 
 
 def main() -> None:
@@ -66,6 +69,7 @@ def main() -> None:
     from wbc.inference import Predictor
     from wbc.jobs.adapt import REPLAY_PER_CLASS, _split_per_class
     from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
+    from wbc.training.averaging import average_weights
 
     base = Predictor.load(args.model, runtime="torch")
     lab = load_folder(args.images, base.image_size)
@@ -91,8 +95,13 @@ def main() -> None:
                 predictor.model.set_trainable("finetune", phase=2, unfreeze=unfreeze,
                                               freeze_stages=settings.get("freeze_stages", 0))
             extra = dict(replay_pixels=replay.pixels, replay_targets=replay.targets) if settings["replay"] else {}
-            fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], steps=settings["steps"],
-                               lr=settings["lr"], augment=settings.get("augment", "standard"), seed=seed, **extra)
+            members = [predictor.model] + [copy.deepcopy(predictor.model) for _ in range(settings.get("soup", 1) - 1)]
+            for member, model in enumerate(members):
+                fine_tune_few_shot(model, lab.pixels[tuning], lab.targets[tuning], steps=settings["steps"],
+                                   lr=settings["lr"], augment=settings.get("augment", "standard"), seed=seed + 1000 * member,
+                                   **extra)
+            for count, model in enumerate(members[1:], start=2):
+                average_weights(predictor.model, model, 1 / count)
             if "pseudo" in settings:
                 others = np.setdiff1d(np.arange(len(lab.targets)), tuning)
                 probabilities = predictor.score_pixels(lab.pixels[others]).probabilities
