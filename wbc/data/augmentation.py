@@ -92,7 +92,11 @@ def train_augmentation(kind: str = DEFAULT_AUGMENTATION) -> v2.Compose | None:
         return None
     if kind == "stain":
         return v2.Compose([*stain_augmentation(), v2.RandomHorizontalFlip(), RandomRot90()])
-    shifts = {"robust": robust_augmentation(), "zoom": [RandomZoom(**STAIN_ZOOM)]}.get(kind, [])
+    shifts = []
+    if kind == "robust":
+        shifts = robust_augmentation()
+    elif kind == "zoom":
+        shifts = [RandomZoom(**STAIN_ZOOM)]
     return v2.Compose(
         [
             *shifts,
