@@ -141,6 +141,14 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)
     assert result.exit_code == 1 and "needs labelled cells" in result.output
 
+    result = invoke("adapt", lab, "--alias", "lab-e", "--labelled-per-class", 6, "--steps", 5, "--data-dir", synthetic_data,
+                    "--no-onnx")
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned on 18 labelled cells" in result.output and "no labelled cells were left to measure on" in result.output
+    run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-e").run_id)
+    assert run.data.params["held_out"] == "0" and "valid_after_acc" in run.data.metrics
+    assert not any(name.startswith("lab_") for name in run.data.metrics), "nothing measured on the lab"
+
 
 
 def test_shiftbench_scores_another_labs_cells_as_a_real_shift_row_apart_from_the_synthetic_ones(champion, synthetic_data, tmp_path):

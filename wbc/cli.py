@@ -463,7 +463,7 @@ def app_login(name: str, auth_file: str, password: str) -> None:
          help="Share of the lab's cells the out-of-distribution flag may fire on: of the labelled cells the model "
          "gets right when at least 10 are left to calibrate on, else of all the lab's images.")
 @_option("--labelled-per-class", default=0, show_default=True, type=click.IntRange(0),
-         help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure. 0 = labels only measure and calibrate.")
+         help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure (none left: not measured). 0 = labels only measure and calibrate.")
 @click.option("--steps", default=FEW_SHOT_STEPS, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which cells fine-tune and which measure; the augmentation.")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")

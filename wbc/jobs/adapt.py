@@ -4,7 +4,8 @@ Always, without labels: the batch-norm statistics are re-estimated on all the la
 (:mod:`wbc.training.adaptation`). With ``labelled_per_class`` N > 0 and a labelled folder (``<class>/<image>``),
 the network is then fine-tuned on up to N cells of each class (seeded; zoomed 0.7-1.5x among the augmentations,
 :data:`~wbc.training.recipes.FEW_SHOT_AUGMENTATION`), half of each batch replaying PBC training images so the classes
-the lab did not label are still predicted; the lab's other cells are held out.
+the lab did not label are still predicted; the lab's other cells are held out (with none left, the lab's accuracy
+is not measured and the calibration is as without labels).
 
 Calibration: with at least :data:`MIN_LAB_CALIBRATION_CELLS` labelled cells not used to fine-tune, temperature, review
 threshold and out-of-distribution threshold are refitted on them
@@ -68,6 +69,9 @@ class AdaptResult:
                 lines.append(f"{cells} {name}: accuracy {evaluation.present_accuracy:.4f} among the classes present "
                              f"({evaluation.accuracy:.4f} over the eight)"
                              + (f", flagged {100 * flags.out_of_distribution:.1f} %" if flags else ""))
+        elif self.tuned:
+            lines.append("no labelled cells were left to measure on (all were fine-tuned on): the lab's accuracy is not "
+                         "measured; hold some out with a lower --labelled-per-class")
         for name, evaluation in (("before", self.valid_before), ("after", self.valid_after)):
             lines.append(f"PBC valid {name}: accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}")
         lines.append(f"run {self.run_id}; registered as {defaults.MODEL_NAME} version {self.version}, now "
@@ -139,7 +143,8 @@ def adapt_model(
     tuning, held_out = _split_per_class(lab.targets, labelled_per_class, seed) if labelled_per_class else ([], None)
     measured = lab.subset(held_out) if held_out is not None else lab
     lab_name = Path(images).resolve().name
-    lab_before = _scores(predictor, measured) if labelled else None
+    measurable = labelled is not None and len(measured) > 0
+    lab_before = _scores(predictor, measured) if measurable else None
     valid_before = _scores(predictor, valid)
 
     reestimate_batch_norm(predictor.model, lab.pixels)
@@ -166,7 +171,7 @@ def adapt_model(
                      f"{lab_name}")
         predictor.calibration = replace(predictor.calibration, flag_rate=flag_rate, fitted_on=fitted_on,
                                         ood_threshold=float(np.quantile(lab_scores, flag_rate, method="lower")))
-        lab_after = _scores(predictor, measured) if labelled else None
+        lab_after = _scores(predictor, measured) if measurable else None
     valid_after = _scores(predictor, valid)
 
     configure_tracking(experiment)
@@ -174,7 +179,7 @@ def adapt_model(
         log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
                          "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
                          **({"few_shot_augment": FEW_SHOT_AUGMENTATION} if labelled_per_class else {}),
-                         "seed": seed, "held_out": len(measured) if labelled else 0,
+                         "seed": seed, "held_out": len(measured) if measurable else 0,
                          "method": "AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN",
                          "calibrated_on": predictor.calibration.fitted_on,
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
@@ -191,5 +196,5 @@ def adapt_model(
         mlflow.log_metrics(export_metrics(export_dir))
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
     version = register_adapted(run.info.run_id, alias, source=model)
-    return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if labelled else 0,
+    return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if measurable else 0,
                        lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on)
