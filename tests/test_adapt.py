@@ -126,6 +126,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
                     "--no-onnx")
     assert result.exit_code == 0, result.output
     assert "fine-tuned on 9 labelled cells" in result.output and "9 held-out lab cells after" in result.output
+    assert "fine-tuning on 9 lab cells: 100%" in result.output and "30/30" in result.output, "progress of the fine-tune"
     assert "calibrated on PBC valid; out-of-distribution threshold: the 18 images of lab-c" in result.output, "too few cells left"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
     params, metrics = run.data.params, run.data.metrics

@@ -151,7 +151,7 @@ def adapt_model(
     if labelled_per_class:
         replay = load_split(data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS, cache_dir=cache_dir)
         fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], replay_pixels=replay.pixels,
-                           replay_targets=replay.targets, steps=steps, augment=FEW_SHOT_AUGMENTATION, seed=seed)
+                           replay_targets=replay.targets, steps=steps, augment=FEW_SHOT_AUGMENTATION, seed=seed, progress=True)
     source_calibration = predictor.calibration
     target_error = source_calibration.target_error
     if labelled and len(measured) >= MIN_LAB_CALIBRATION_CELLS:

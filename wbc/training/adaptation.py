@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
 
 from wbc.models import Classifier
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
@@ -44,6 +45,7 @@ def fine_tune_few_shot(
     lr: float = 1e-4,
     augment: str = FEW_SHOT_AUGMENTATION,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[float]:
     """Fine-tune the whole network on a lab's few labelled cells (``pixels`` uint8 (N, 3, S, S), ``targets`` int (N,)
     class indices), each image transformed by the augmentation named ``augment``
@@ -51,7 +53,8 @@ def fine_tune_few_shot(
     ``"none"`` = as they are), AdamW at ``lr`` for ``steps`` steps of ``batch_size``; batch-norm layers stay in eval
     mode (their statistics are the lab's, from :func:`reestimate_batch_norm`). With ``replay_pixels`` and
     ``replay_targets`` (training images of every class, same formats) half of each batch is drawn from them, so the
-    classes the lab did not label are still predicted. Returns the loss of each step; the model is left in eval mode.
+    classes the lab did not label are still predicted. ``progress`` shows a bar of the steps with the running loss on
+    stderr. Returns the loss of each step; the model is left in eval mode.
     Raises ValueError for an unknown ``augment``. The few-shot recipe follows Chossegros et al. 2024."""
     from wbc.data.augmentation import train_augmentation
 
@@ -69,7 +72,8 @@ def fine_tune_few_shot(
         model.train()
         for norm in norms:
             norm.eval()
-        for _ in range(steps):
+        bar = tqdm(range(steps), desc=f"fine-tuning on {len(lab[0])} lab cells", unit="step", disable=not progress)
+        for _ in bar:
             lab_count = batch_size if replay is None else max(1, batch_size // 2)
             chosen = torch.randint(len(lab[0]), (lab_count,), generator=generator)
             images, labels = lab[0][chosen], lab[1][chosen]
@@ -82,5 +86,6 @@ def fine_tune_few_shot(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     model.eval()
     return losses
