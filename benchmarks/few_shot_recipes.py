@@ -19,6 +19,7 @@ import copy
 import json
 import statistics
 import time
+from pathlib import Path
 
 VARIANTS = {
     "base": dict(steps=60, lr=1e-4, replay=True),
@@ -36,6 +37,9 @@ VARIANTS = {
     "s300zoom": dict(steps=300, lr=1e-4, replay=True, augment="zoom"),
     "s200zoompl": dict(steps=200, lr=1e-4, replay=True, augment="zoom", pseudo=0.9),
     "s200zoomsoup3": dict(steps=200, lr=1e-4, replay=True, augment="zoom", soup=3),
+    "s200zoomnoadabn": dict(steps=200, lr=1e-4, replay=True, augment="zoom", adabn=False),
+    "s200zoomr25": dict(steps=200, lr=1e-4, replay=True, augment="zoom", replay_fraction=0.25),
+    "lpft": dict(steps=200, lr=1e-4, replay=True, augment="zoom", head_steps=100),
 }
 """steps and lr of the fine-tuning; replay: half of each batch from PBC training images; augment: the fine-tuning's
 augmentation (``train_augmentation``'s kind; here ``standard`` unless named; ``zoom``: standard with the stain
@@ -46,7 +50,8 @@ self-training (pseudo-labels, Lee 2013): the lab's other cells, their labels unu
 to one of the labelled classes with probability >= ``pseudo`` join the labelled ones for another ``steps // 2``
 steps (transductive: the held-out cells are among them); soup: that many fine-tunes of the same cells with other
 augmentation draws (seeds seed, seed + 1000, ...), their weights averaged (a uniform model soup, Wortsman et al. 2022,
-with ``wbc.training.averaging.average_weights``)."""
+with ``wbc.training.averaging.average_weights``); adabn: False keeps PBC's batch-norm statistics (default: the lab's);
+replay_fraction: the share of each batch replayed from PBC (default a half); head_steps: first that many steps on the head alone at lr 1e-3, then the whole network (LP-FT, Kumar et al. 2022)."""
 
 
 def main() -> None:
@@ -64,6 +69,7 @@ def main() -> None:
     tune_malloc_and_reexec()
     import numpy as np
 
+    from wbc.classes import CLASS_NAMES
     from wbc.data import load_folder, load_split
     from wbc.evaluation.reports import Evaluation
     from wbc.inference import Predictor
@@ -75,19 +81,31 @@ def main() -> None:
     lab = load_folder(args.images, base.image_size)
     replay = load_split(args.data_dir, "train", base.image_size, limit_per_class=REPLAY_PER_CLASS)
 
-    def accuracy(predictor, indices, tta):
+    present = np.unique(lab.targets)
+
+    def accuracy(predictor, indices, tta, wrong=None):
         predictor.tta = tta
         probabilities = predictor.score_pixels(lab.pixels[indices]).probabilities
         predictor.tta = False
+        if wrong is not None:
+            guesses = present[probabilities[:, present].argmax(axis=1)]
+            wrong.append([[Path(lab.paths[i]).name, CLASS_NAMES[lab.targets[i]], CLASS_NAMES[guess]]
+                          for i, guess in zip(indices, guesses) if guess != lab.targets[i]])
         return 100 * Evaluation.from_scores(lab.targets[indices], probabilities).present_accuracy
 
     for name in args.variants.split(","):
         settings = VARIANTS[name]
-        single, tta, pseudo_counts, start = [], [], [], time.time()
+        single, tta, pseudo_counts, wrong, start = [], [], [], [], time.time()
         for seed in range(args.seeds):
             tuning, held_out = _split_per_class(lab.targets, args.per_class, seed)
             predictor = copy.deepcopy(base)
-            reestimate_batch_norm(predictor.model, lab.pixels)
+            if settings.get("adabn", True):
+                reestimate_batch_norm(predictor.model, lab.pixels)
+            if "head_steps" in settings:
+                predictor.model.set_trainable("transfer")
+                fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], steps=settings["head_steps"],
+                                   lr=1e-3, augment=settings.get("augment", "standard"), seed=seed + 500,
+                                   **(dict(replay_pixels=replay.pixels, replay_targets=replay.targets) if settings["replay"] else {}))
             unfreeze = settings.get("unfreeze", "all")
             if unfreeze == "head":
                 predictor.model.set_trainable("transfer")
@@ -98,7 +116,7 @@ def main() -> None:
             members = [predictor.model] + [copy.deepcopy(predictor.model) for _ in range(settings.get("soup", 1) - 1)]
             for member, model in enumerate(members):
                 fine_tune_few_shot(model, lab.pixels[tuning], lab.targets[tuning], steps=settings["steps"],
-                                   lr=settings["lr"], augment=settings.get("augment", "standard"), seed=seed + 1000 * member,
+                                   replay_fraction=settings.get("replay_fraction", 0.5), lr=settings["lr"], augment=settings.get("augment", "standard"), seed=seed + 1000 * member,
                                    **extra)
             for count, model in enumerate(members[1:], start=2):
                 average_weights(predictor.model, model, 1 / count)
@@ -113,11 +131,11 @@ def main() -> None:
                 pseudo_counts.append((int(confident.sum()), int((guesses[confident] != lab.targets[others][confident]).sum())))
                 fine_tune_few_shot(predictor.model, lab.pixels[chosen], targets, steps=settings["steps"] // 2,
                                    lr=settings["lr"], augment=settings.get("augment", "standard"), seed=seed + 1000, **extra)
-            single.append(accuracy(predictor, held_out, False))
+            single.append(accuracy(predictor, held_out, False, wrong))
             tta.append(accuracy(predictor, held_out, True))
         extra_fields = {"pseudo_labelled_wrong": pseudo_counts} if pseudo_counts else {}
         print(json.dumps(dict(variant=name, **settings, acc=single, mean=statistics.mean(single), tta=tta,
-                              mean_tta=statistics.mean(tta), **extra_fields, minutes=(time.time() - start) / 60)), flush=True)
+                              mean_tta=statistics.mean(tta), wrong=wrong, **extra_fields, minutes=(time.time() - start) / 60)), flush=True)
 
 
 if __name__ == "__main__":

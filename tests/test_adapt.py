@@ -198,3 +198,22 @@ def test_the_few_shot_fine_tune_augments_with_the_kind_it_is_given(monkeypatch, 
     assert not model.training
     with pytest.raises(ValueError, match="unknown augmentation"):
         fine_tune_few_shot(model, pixels, np.array([0, 1, 2, 3]), steps=1, augment="strong")
+
+
+def test_replaying_pbc_images_keeps_the_classes_the_lab_did_not_label(champion, synthetic_data, tmp_path):
+    from wbc.data import load_split
+    from wbc.training.adaptation import fine_tune_few_shot
+
+    trained, _ = champion
+    lab = load_folder(_lab(tmp_path / "lab", labelled=True), 32)
+    valid, replay = load_split(synthetic_data, "valid", 32), load_split(synthetic_data, "train", 32)
+    unlabelled = ~np.isin(valid.targets, lab.targets)
+    accuracy = {}
+    for name, extra in (("without", {}), ("with", dict(replay_pixels=replay.pixels, replay_targets=replay.targets))):
+        predictor = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
+        before = predictor.predict_pixels(valid.pixels).argmax(axis=1)
+        fine_tune_few_shot(predictor.model, lab.pixels, lab.targets, steps=30, lr=1e-3, **extra)
+        after = predictor.predict_pixels(valid.pixels).argmax(axis=1)
+        accuracy[name] = (before[unlabelled] == valid.targets[unlabelled]).mean(), (after[unlabelled] == valid.targets[unlabelled]).mean()
+    assert accuracy["with"][0] >= 0.9 and accuracy["with"][1] >= 0.9, f"the five classes the lab did not label: {accuracy}"
+    assert accuracy["without"][1] <= 0.5, f"without replay they are forgotten, so the test can tell: {accuracy}"

@@ -42,6 +42,7 @@ def fine_tune_few_shot(
     replay_targets: np.ndarray | None = None,
     steps: int = FEW_SHOT_STEPS,
     batch_size: int = 16,
+    replay_fraction: float = 0.5,
     lr: float = 1e-4,
     augment: str = FEW_SHOT_AUGMENTATION,
     seed: int = 0,
@@ -52,9 +53,9 @@ def fine_tune_few_shot(
     (:func:`wbc.data.augmentation.train_augmentation`; default :data:`~wbc.training.recipes.FEW_SHOT_AUGMENTATION`,
     ``"none"`` = as they are), AdamW at ``lr`` for ``steps`` steps of ``batch_size``; batch-norm layers stay in eval
     mode (their statistics are the lab's, from :func:`reestimate_batch_norm`). With ``replay_pixels`` and
-    ``replay_targets`` (training images of every class, same formats) half of each batch is drawn from them, so the
-    classes the lab did not label are still predicted. ``progress`` shows a bar of the steps with the running loss on
-    stderr. Returns the loss of each step; the model is left in eval mode.
+    ``replay_targets`` (training images of every class, same formats) ``replay_fraction`` of each batch is drawn from
+    them, so the classes the lab did not label are still predicted. ``progress`` shows a bar of the steps with the
+    running loss on stderr. Returns the loss of each step; the model is left in eval mode.
     Raises ValueError for an unknown ``augment``. The few-shot recipe follows Chossegros et al. 2024."""
     from wbc.data.augmentation import train_augmentation
 
@@ -74,7 +75,7 @@ def fine_tune_few_shot(
             norm.eval()
         bar = tqdm(range(steps), desc=f"fine-tuning on {len(lab[0])} lab cells", unit="step", disable=not progress)
         for _ in bar:
-            lab_count = batch_size if replay is None else max(1, batch_size // 2)
+            lab_count = batch_size if replay is None else max(1, round(batch_size * (1 - replay_fraction)))
             chosen = torch.randint(len(lab[0]), (lab_count,), generator=generator)
             images, labels = lab[0][chosen], lab[1][chosen]
             if replay is not None:
