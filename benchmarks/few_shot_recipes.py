@@ -7,7 +7,9 @@ The protocol of ``wbc adapt`` (``wbc.jobs.adapt``) without its logging: for each
 of every class are drawn with ``wbc.jobs.adapt._split_per_class`` (the same draw as ``wbc adapt --seed``), batch-norm
 statistics are re-estimated on all the lab's images (no labels), the network is fine-tuned with
 ``wbc.training.adaptation.fine_tune_few_shot`` and scored on the lab's other cells, among the classes present, with
-one view and with the 8 flips/rotations (TTA). One JSON line per variant: accuracy per seed, mean, minutes.
+one view and with the 8 flips/rotations (TTA). One JSON line per variant: accuracy per seed, mean, minutes, each draw's wrong cells
+(file, true, predicted; one view) and the hard cells (wrong in at least half, and at least 2, of the draws that
+held them out: "wrong/held out").
 A variant without ``augment`` fine-tunes with ``standard`` (the recipe before 2026-12-01, so the earlier rows
 reproduce); ``wbc adapt``'s own recipe is now ``s200zoom``.
 """
@@ -15,6 +17,7 @@ reproduce); ``wbc adapt``'s own recipe is now ``s200zoom``.
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import statistics
@@ -95,9 +98,10 @@ def main() -> None:
 
     for name in args.variants.split(","):
         settings = VARIANTS[name]
-        single, tta, pseudo_counts, wrong, start = [], [], [], [], time.time()
+        single, tta, pseudo_counts, wrong, held_out_counts, start = [], [], [], [], collections.Counter(), time.time()
         for seed in range(args.seeds):
             tuning, held_out = _split_per_class(lab.targets, args.per_class, seed)
+            held_out_counts.update(Path(lab.paths[i]).name for i in held_out)
             predictor = copy.deepcopy(base)
             if settings.get("adabn", True):
                 reestimate_batch_norm(predictor.model, lab.pixels)
@@ -134,6 +138,9 @@ def main() -> None:
             single.append(accuracy(predictor, held_out, False, wrong))
             tta.append(accuracy(predictor, held_out, True))
         extra_fields = {"pseudo_labelled_wrong": pseudo_counts} if pseudo_counts else {}
+        wrong_counts = collections.Counter(name for draw in wrong for name, _, _ in draw)
+        extra_fields["hard_cells"] = {name: f"{count}/{held_out_counts[name]}" for name, count in wrong_counts.most_common()
+                                      if 2 * count >= held_out_counts[name] and count >= 2}
         print(json.dumps(dict(variant=name, **settings, acc=single, mean=statistics.mean(single), tta=tta,
                               mean_tta=statistics.mean(tta), wrong=wrong, **extra_fields, minutes=(time.time() - start) / 60)), flush=True)
 
