@@ -55,7 +55,9 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
     result = invoke("adapt", lab, "--alias", "lab-a", "--data-dir", synthetic_data, "--no-onnx")
     assert result.exit_code == 0, result.output
     assert "18 lab cells before: accuracy" in result.output and "18 lab cells after: accuracy" in result.output
-    assert "PBC valid after: accuracy" in result.output and "models:/wbc-classifier@lab-a" in result.output
+    assert "PBC valid after: accuracy" in result.output and "serve it with: wbc app --model models:/wbc-classifier@lab-a" in result.output
+    after = next(line for line in result.output.splitlines() if line.startswith("18 lab cells after"))
+    assert "flagged out-of-distribution" in after and "accepted with neither flag" in after, "how the flags fell, for the lab"
 
     client = mlflow.MlflowClient()
     adapted = client.get_model_version_by_alias("wbc-classifier", "lab-a")
@@ -110,6 +112,18 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
     lab = _lab(tmp_path / "lab-b", labelled=False)
     result = invoke("adapt", lab, "--alias", "champion", "--data-dir", synthetic_data)
     assert result.exit_code == 1 and "alias='champion' is the registry's own" in result.output
+    few = tmp_path / "few"
+    few.mkdir()
+    for index in range(3):
+        cell_image("monocyte", 950_000 + index).save(few / f"cell_{index}.png")
+    result = invoke("adapt", few, "--alias", "lab-x", "--data-dir", synthetic_data)
+    assert result.exit_code == 1 and "holds 3 image(s): adapting needs at least 16" in result.output, result.output
+    result = invoke("adapt", tmp_path / "nowhere", "--alias", "lab-x", "--data-dir", synthetic_data)
+    assert result.exit_code == 1 and "nowhere: no such folder" in result.output, result.output
+    for alias, reason in (("Champion", "is the registry's own"), ("v1", "is reserved or invalid in MLflow"),
+                          ("latest", "is reserved or invalid in MLflow")):
+        result = invoke("adapt", lab, "--alias", alias, "--data-dir", synthetic_data)
+        assert result.exit_code == 1 and f"alias={alias!r} {reason}" in result.output, result.output
     assert mlflow.search_runs(search_all_experiments=True, filter_string="tags.`wbc.kind` = 'adapt'").empty
 
     result = invoke("adapt", lab, "--alias", "lab-b", "--data-dir", synthetic_data, "--no-onnx")
@@ -119,7 +133,7 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
     assert version.tags["adapted_for"] == "lab-b"
 
 
-def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_others(champion, synthetic_data, tmp_path):
+def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_others(champion, synthetic_data, tmp_path, caplog):
     trained, _ = champion
     lab = _lab(tmp_path / "lab-c", labelled=True)
     result = invoke("adapt", lab, "--alias", "lab-c", "--labelled-per-class", 3, "--steps", 30, "--data-dir", synthetic_data,
@@ -146,6 +160,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
                     "--no-onnx")
     assert result.exit_code == 0, result.output
     assert "fine-tuned on 18 labelled cells" in result.output and "no labelled cells were left to measure on" in result.output
+    assert "holds at most 6 labelled cells per class: all 18 will fine-tune" in caplog.text, "said before the work"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-e").run_id)
     assert run.data.params["held_out"] == "0" and "valid_after_acc" in run.data.metrics
     assert not any(name.startswith("lab_") for name in run.data.metrics), "nothing measured on the lab"

@@ -103,7 +103,8 @@ class Evaluation:
 
     def per_class_table(self) -> pd.DataFrame:
         rows = [
-            {"class": name, **{k: self.report[name][k] for k in ("precision", "recall", "f1-score", "support")}}
+            {"class": name, **{k: self.report[name][k] for k in ("precision", "recall", "f1-score")},
+             "support": int(self.report[name]["support"])}
             for name in CLASS_NAMES
         ]
         return pd.DataFrame(rows)
@@ -157,12 +158,16 @@ class Evaluation:
             lines.append(f"among the classes present ({names}): accuracy {self.present_accuracy:.4f}  "
                          f"macro-F1 {self.present_macro_f1:.4f}")
         if self.flags is not None:
-            flags = self.flags
-            lines.append(f"flagged out-of-distribution {100 * flags.out_of_distribution:.1f} % (error among them "
-                         f"{_percent(flags.error_flagged)}, among the rest {_percent(flags.error_unflagged)}); "
-                         f"to review {100 * flags.review:.1f} %; accepted with neither flag {100 * flags.accepted:.1f} % "
-                         f"(error among them {_percent(flags.error_accepted)})")
+            lines.append(self.flags_summary())
         return "\n".join(lines + [table])
+
+    def flags_summary(self) -> str:
+        """How the flags fell, one line: shares flagged, to review and accepted, with the error rate among each."""
+        flags = self.flags
+        return (f"flagged out-of-distribution {100 * flags.out_of_distribution:.1f} % (error among them "
+                f"{_percent(flags.error_flagged)}, among the rest {_percent(flags.error_unflagged)}); "
+                f"to review {100 * flags.review:.1f} %; accepted with neither flag {100 * flags.accepted:.1f} % "
+                f"(error among them {_percent(flags.error_accepted)})")
 
 
 def _percent(value: float | None) -> str:

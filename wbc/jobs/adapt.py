@@ -19,6 +19,7 @@ registered as a new version under the lab's alias, never as ``@champion``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,8 +36,10 @@ from wbc.serving.pyfunc import log_pyfunc_model
 from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import check_lab_alias, register_adapted
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
-from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
+from wbc.training.adaptation import MIN_BATCH_NORM_IMAGES, fine_tune_few_shot, reestimate_batch_norm
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,16 +68,16 @@ class AdaptResult:
         if self.lab_before is not None:
             cells = f"{self.measured} held-out lab cells" if self.tuned else f"{self.measured} lab cells"
             for name, evaluation in (("before", self.lab_before), ("after", self.lab_after)):
-                flags = evaluation.flags
                 lines.append(f"{cells} {name}: accuracy {evaluation.present_accuracy:.4f} among the classes present "
                              f"({evaluation.accuracy:.4f} over the eight)"
-                             + (f", flagged {100 * flags.out_of_distribution:.1f} %" if flags else ""))
+                             + (f"; {evaluation.flags_summary()}" if evaluation.flags else ""))
         elif self.tuned:
             lines.append("no labelled cells were left to measure on (all were fine-tuned on): the lab's accuracy is not "
                          "measured; hold some out with a lower --labelled-per-class")
         for name, evaluation in (("before", self.valid_before), ("after", self.valid_after)):
             lines.append(f"PBC valid {name}: accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}")
         lines.append(f"run {self.run_id}; registered as {defaults.MODEL_NAME} version {self.version}, now "
+                     f"models:/{defaults.MODEL_NAME}@{self.alias}; serve it with: wbc app --model "
                      f"models:/{defaults.MODEL_NAME}@{self.alias}")
         return "\n".join(lines)
 
@@ -119,15 +122,19 @@ def adapt_model(
 ) -> AdaptResult:
     """Adapt ``model`` to the lab's ``images`` without labels and register it as ``@alias`` (see the module). Raises
     :class:`~wbc.tracking.registry.RegistryError` for a reserved alias and :class:`~wbc.data.DatasetError` for missing
-    images or PBC data, before any work."""
+    images, fewer than :data:`~wbc.training.adaptation.MIN_BATCH_NORM_IMAGES` of them, or missing PBC data, before any
+    work."""
     check_lab_alias(alias)
+    files = image_files(images)
+    if len(files) < MIN_BATCH_NORM_IMAGES:
+        raise DatasetError(f"{images} holds {len(files)} image(s): adapting needs at least {MIN_BATCH_NORM_IMAGES} of the "
+                           "lab's images (fewer give batch-norm statistics too noisy to adapt on)")
     try:
         labelled = LabelledFolder(images)
     except DatasetError as error:
         if "no class folders" not in str(error):
             raise
         labelled = None
-    image_files(images)
     if labelled_per_class and labelled is None:
         raise DatasetError(f"{images}: labelled_per_class={labelled_per_class} needs labelled cells: <folder>/<class>/<image>")
     BarcelonaDataset(data_dir, "valid")
@@ -141,6 +148,10 @@ def adapt_model(
     if predictor.calibration is None:
         predictor.calibration, _ = calibrate(predictor, valid)
     tuning, held_out = _split_per_class(lab.targets, labelled_per_class, seed) if labelled_per_class else ([], None)
+    if held_out is not None and len(held_out) == 0:
+        log.warning("%s holds at most %d labelled cells per class: all %d will fine-tune and none is left to measure the "
+                    "lab's accuracy on; a lower --labelled-per-class holds some out", images,
+                    np.bincount(lab.targets).max(), len(tuning))
     measured = lab.subset(held_out) if held_out is not None else lab
     lab_name = Path(images).resolve().name
     measurable = labelled is not None and len(measured) > 0

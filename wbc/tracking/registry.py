@@ -317,11 +317,21 @@ RESERVED_ALIASES = (DEFAULT_ALIAS, "previous", "challenger")
 
 
 def check_lab_alias(alias: str) -> str:
-    """``alias`` if a lab's adapted model may hold it; else :class:`RegistryError` saying why not."""
-    if alias in RESERVED_ALIASES:
-        raise RegistryError(f"alias={alias!r} is the registry's own ({', '.join(RESERVED_ALIASES)}): name the lab, e.g. lab-a")
+    """``alias`` if a lab's adapted model may hold it; else :class:`RegistryError` saying why not: one of
+    :data:`RESERVED_ALIASES` in any letter case, one MLflow reserves (``latest``, ``v1``, ...; MLflow's own checks),
+    or characters other than letters, digits, ``-`` and ``_``."""
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+
+    if alias.lower() in RESERVED_ALIASES:
+        raise RegistryError(f"alias={alias!r} is the registry's own ({', '.join(RESERVED_ALIASES)}, in any letter case): "
+                            "name the lab, e.g. lab-a")
     if not alias or not alias.replace("-", "").replace("_", "").isalnum() or alias[0].isdigit():
         raise RegistryError(f"alias={alias!r} is invalid: letters, digits, - and _, not starting with a digit (e.g. lab-a)")
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+    except MlflowException as error:
+        raise RegistryError(f"alias={alias!r} is reserved or invalid in MLflow ({error.message}): name the lab, e.g. lab-a") from None
     return alias
 
 

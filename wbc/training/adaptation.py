@@ -14,6 +14,11 @@ from wbc.models import Classifier
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
 
 
+MIN_BATCH_NORM_IMAGES = 16
+"""Fewer of a lab's images than this give batch-norm statistics too noisy to adapt on: re-estimated on 2-8 Raabin-WBC
+cells the champion lost 7-14 points on the lab's cells, on 16 or more it held (``benchmarks/adabn_image_count.py``)."""
+
+
 def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
     return [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
 
