@@ -213,6 +213,8 @@ def test_the_few_shot_fine_tune_augments_with_the_kind_it_is_given(monkeypatch, 
     assert not model.training
     with pytest.raises(ValueError, match="unknown augmentation"):
         fine_tune_few_shot(model, pixels, np.array([0, 1, 2, 3]), steps=1, augment="strong")
+    with pytest.raises(ValueError, match="replay_fraction=1.5 is invalid"):
+        fine_tune_few_shot(model, pixels, np.array([0, 1, 2, 3]), steps=1, replay_fraction=1.5)
 
 
 def test_replaying_pbc_images_keeps_the_classes_the_lab_did_not_label(champion, synthetic_data, tmp_path):

@@ -61,8 +61,12 @@ def fine_tune_few_shot(
     ``replay_targets`` (training images of every class, same formats) ``replay_fraction`` of each batch is drawn from
     them, so the classes the lab did not label are still predicted. ``progress`` shows a bar of the steps with the
     running loss on stderr. Returns the loss of each step; the model is left in eval mode.
-    Raises ValueError for an unknown ``augment``. The few-shot recipe follows Chossegros et al. 2024."""
+    Raises ValueError for an unknown ``augment`` or a ``replay_fraction`` outside [0, 1). The few-shot recipe follows
+    Chossegros et al. 2024."""
     from wbc.data.augmentation import train_augmentation
+
+    if not 0 <= replay_fraction < 1:
+        raise ValueError(f"replay_fraction={replay_fraction} is invalid: expected a share from 0 to below 1")
 
     generator = torch.Generator().manual_seed(seed)
     transform = train_augmentation(augment) or (lambda image: image)
