@@ -2,6 +2,7 @@
 threshold; the result is its own run and a version under the lab's alias, never the champion."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,6 +107,13 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
         assert cell["label"] == expected.label and cell["top"][0]["probability"] == pytest.approx(expected.confidence, abs=1e-4)
     finally:
         stop_process_group(process)
+
+    # from a script or a log (stderr not a terminal), fetching the model prints no progress line per file
+    predicted = subprocess.run([sys.executable, "-m", "wbc", "predict", str(image), "--model", "models:/wbc-classifier@lab-a",
+                                "--output", str(tmp_path / "lab.csv")], capture_output=True, text=True, env=dict(os.environ),
+                               cwd=tmp_path, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr
+    assert "Downloading artifacts" not in predicted.stderr, predicted.stderr[-2000:]
 
 
 def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_data, tmp_path):
