@@ -5,7 +5,8 @@ Usage: python benchmarks/zero_shot_ensembles.py NAME=MODEL NAME=MODEL [NAME=MODE
 
 Scores each model, the mean of the class probabilities of every pair and of all of them (an ensemble), and the first
 two models' weights averaged half and half (``wbc.training.averaging.average_weights``; same architecture) on the
-lab's labelled cells (accuracy among the classes present, one view) and on all of PBC ``valid``. One JSON line each.
+lab's labelled cells (accuracy among the classes present, one view) and on all of PBC ``valid``. One JSON line each,
+and one with how many lab cells each model gets wrong and how many of those the models share.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import copy
 import itertools
 import json
+from pathlib import Path
 
 
 def main() -> None:
@@ -46,9 +48,17 @@ def main() -> None:
             line[set_name] = round(100 * (evaluation.present_accuracy if set_name == "other_lab" else evaluation.accuracy), 2)
         print(json.dumps(line), flush=True)
 
+    lab = sets["other_lab"]
+    present = np.unique(lab.targets)
+    wrong = {}
     for name, predictor in predictors.items():
         probabilities[name] = {set_name: predictor.score_pixels(data.pixels).probabilities for set_name, data in sets.items()}
         report(name, probabilities[name])
+        guesses = present[probabilities[name]["other_lab"][:, present].argmax(axis=1)]
+        wrong[name] = {Path(lab.paths[i]).name for i in np.flatnonzero(guesses != lab.targets)}
+    print(json.dumps({"lab_cells_wrong": {name: len(cells) for name, cells in wrong.items()},
+                      "wrong_in_both": {f"{a} + {b}": len(wrong[a] & wrong[b]) for a, b in itertools.combinations(wrong, 2)},
+                      "wrong_in_all": len(set.intersection(*wrong.values()))}), flush=True)
     names = list(predictors)
     groups = [list(pair) for pair in itertools.combinations(names, 2)] + ([names] if len(names) > 2 else [])
     for group in groups:

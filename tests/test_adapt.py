@@ -109,8 +109,9 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
         stop_process_group(process)
 
     # from a script or a log (stderr not a terminal), fetching the model prints no progress line per file
+    own_env = {name: value for name, value in os.environ.items() if name != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
     predicted = subprocess.run([sys.executable, "-m", "wbc", "predict", str(image), "--model", "models:/wbc-classifier@lab-a",
-                                "--output", str(tmp_path / "lab.csv")], capture_output=True, text=True, env=dict(os.environ),
+                                "--output", str(tmp_path / "lab.csv")], capture_output=True, text=True, env=own_env,
                                cwd=tmp_path, timeout=600)
     assert predicted.returncode == 0, predicted.stderr
     assert "Downloading artifacts" not in predicted.stderr, predicted.stderr[-2000:]
@@ -126,6 +127,13 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
         cell_image("monocyte", 950_000 + index).save(few / f"cell_{index}.png")
     result = invoke("adapt", few, "--alias", "lab-x", "--data-dir", synthetic_data)
     assert result.exit_code == 1 and "holds 3 image(s): adapting needs at least 16" in result.output, result.output
+    (few / "Monocyte").mkdir()
+    for index in range(3):
+        (few / f"cell_{index}.png").rename(few / "Monocyte" / f"cell_{index}.png")
+    for index in range(20):
+        cell_image("lymphocyte", 960_000 + index).save(few / f"loose_{index}.png")
+    result = invoke("adapt", few, "--alias", "lab-x", "--data-dir", synthetic_data)
+    assert result.exit_code == 1 and "holds 3 image(s) in its class folders" in result.output, "loose files are not the lab's cells"
     result = invoke("adapt", tmp_path / "nowhere", "--alias", "lab-x", "--data-dir", synthetic_data)
     assert result.exit_code == 1 and "nowhere: no such folder" in result.output, result.output
     for alias, reason in (("Champion", "is the registry's own"), ("v1", "is reserved or invalid in MLflow"),
@@ -168,7 +176,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
                     "--no-onnx")
     assert result.exit_code == 0, result.output
     assert "fine-tuned on 18 labelled cells" in result.output and "no labelled cells were left to measure on" in result.output
-    assert "holds at most 6 labelled cells per class: all 18 will fine-tune" in caplog.text, "said before the work"
+    assert "holds at most 6 labelled cells per class: all 18 will fine-tune" in caplog.text, "warned"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-e").run_id)
     assert run.data.params["held_out"] == "0" and "valid_after_acc" in run.data.metrics
     assert not any(name.startswith("lab_") for name in run.data.metrics), "nothing measured on the lab"
@@ -223,6 +231,20 @@ def test_the_few_shot_fine_tune_augments_with_the_kind_it_is_given(monkeypatch, 
         fine_tune_few_shot(model, pixels, np.array([0, 1, 2, 3]), steps=1, augment="strong")
     with pytest.raises(ValueError, match="replay_fraction=1.5 is invalid"):
         fine_tune_few_shot(model, pixels, np.array([0, 1, 2, 3]), steps=1, replay_fraction=1.5)
+
+
+@pytest.mark.parametrize("replay_fraction, replayed", [(0.5, 8), (0.25, 4), (0.0, 0)])
+def test_the_few_shot_fine_tune_replays_the_share_of_each_batch_it_is_given(monkeypatch, replay_fraction, replayed):
+    from wbc.models import build_model
+    from wbc.training.adaptation import fine_tune_few_shot
+
+    batches, real = [], torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda logits, labels: batches.append(labels.clone()) or real(logits, labels))
+    rng = np.random.default_rng(0)
+    lab, pbc = (rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8) for n in (6, 10))
+    fine_tune_few_shot(build_model("scratch"), lab, np.array([0, 1, 2, 0, 1, 2]), replay_pixels=pbc, replay_targets=np.full(10, 7),
+                       replay_fraction=replay_fraction, steps=3, augment="none")
+    assert len(batches) == 3 and all(len(labels) == 16 and int((labels == 7).sum()) == replayed for labels in batches)
 
 
 def test_replaying_pbc_images_keeps_the_classes_the_lab_did_not_label(champion, synthetic_data, tmp_path):

@@ -58,7 +58,7 @@ def _user_errors(command):
 def cli(verbose: bool) -> None:
     """White blood cell classification: train, evaluate and serve models, tracked in MLflow."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not sys.stderr.isatty():  # in a log, MLflow's download bar is a line per file of a model (80 with its code)
+    if sys.stderr is None or not sys.stderr.isatty():  # in a log, MLflow's download bar is a line per file of a model (80 with its code)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

@@ -126,15 +126,17 @@ def adapt_model(
     work."""
     check_lab_alias(alias)
     files = image_files(images)
-    if len(files) < MIN_BATCH_NORM_IMAGES:
-        raise DatasetError(f"{images} holds {len(files)} image(s): adapting needs at least {MIN_BATCH_NORM_IMAGES} of the "
-                           "lab's images (fewer give batch-norm statistics too noisy to adapt on)")
     try:
         labelled = LabelledFolder(images)
     except DatasetError as error:
         if "no class folders" not in str(error):
             raise
         labelled = None
+    count = len(labelled.samples) if labelled is not None else len(files)  # a labelled folder: its class folders only
+    if count < MIN_BATCH_NORM_IMAGES:
+        raise DatasetError(f"{images} holds {count} image(s){' in its class folders' if labelled is not None else ''}: "
+                           f"adapting needs at least {MIN_BATCH_NORM_IMAGES} of the lab's images (fewer give batch-norm "
+                           "statistics too noisy to adapt on)")
     if labelled_per_class and labelled is None:
         raise DatasetError(f"{images}: labelled_per_class={labelled_per_class} needs labelled cells: <folder>/<class>/<image>")
     BarcelonaDataset(data_dir, "valid")

@@ -4,6 +4,8 @@ cause of the collapse of a one-lab model on another lab's cells (Tsutsui et al. 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from torch.optim.swa_utils import update_bn
@@ -82,9 +84,10 @@ def fine_tune_few_shot(
         model.train()
         for norm in norms:
             norm.eval()
-        bar = tqdm(range(steps), desc=f"fine-tuning on {len(lab[0])} lab cells", unit="step", disable=not progress)
+        bar = tqdm(range(steps), desc=f"fine-tuning on {len(lab[0])} lab cells", unit="step", disable=not progress,
+                   mininterval=0.1 if sys.stderr is not None and sys.stderr.isatty() else 30)  # a log gets a line or two
         for _ in bar:
-            lab_count = batch_size if replay is None else max(1, round(batch_size * (1 - replay_fraction)))
+            lab_count = batch_size if replay is None else max(1, int(batch_size * (1 - replay_fraction)))
             chosen = torch.randint(len(lab[0]), (lab_count,), generator=generator)
             images, labels = lab[0][chosen], lab[1][chosen]
             if replay is not None:
