@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from wbc._progress import progress_bar
 from wbc.data.images import ImageDecodeError, decode_image_array
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def decode_cached(
         context = multiprocessing.get_context("fork" if os.name == "posix" else None)
         with context.Pool(workers) as pool:
             results = pool.imap(_decode_one, jobs, chunksize=32)
-            for index, result in enumerate(tqdm(results, total=len(jobs), desc=f"{description} ({size}px)", unit="img")):
+            for index, result in enumerate(progress_bar(results, total=len(jobs), desc=f"{description} ({size}px)", unit="img")):
                 if isinstance(result, str):
                     if not skip_bad_images:
                         raise ImageDecodeError(result)

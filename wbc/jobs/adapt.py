@@ -76,9 +76,9 @@ class AdaptResult:
                          "measured; hold some out with a lower --labelled-per-class")
         for name, evaluation in (("before", self.valid_before), ("after", self.valid_after)):
             lines.append(f"PBC valid {name}: accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}")
-        lines.append(f"run {self.run_id}; registered as {defaults.MODEL_NAME} version {self.version}, now "
-                     f"models:/{defaults.MODEL_NAME}@{self.alias}; serve it with: wbc app --model "
-                     f"models:/{defaults.MODEL_NAME}@{self.alias}")
+        uri = f"models:/{defaults.MODEL_NAME}@{self.alias}"
+        lines.append(f"run {self.run_id}; registered as {defaults.MODEL_NAME} version {self.version}, now {uri}; "
+                     f"serve it with: wbc app --model {uri}")
         return "\n".join(lines)
 
 

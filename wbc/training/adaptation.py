@@ -4,17 +4,14 @@ cause of the collapse of a one-lab model on another lab's cells (Tsutsui et al. 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
 
+from wbc._progress import progress_bar
 from wbc.models import Classifier
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
-
 
 MIN_BATCH_NORM_IMAGES = 16
 """Fewer of a lab's images than this give batch-norm statistics too noisy to adapt on: re-estimated on 2-8 Raabin-WBC
@@ -84,8 +81,7 @@ def fine_tune_few_shot(
         model.train()
         for norm in norms:
             norm.eval()
-        bar = tqdm(range(steps), desc=f"fine-tuning on {len(lab[0])} lab cells", unit="step", disable=not progress,
-                   mininterval=0.1 if sys.stderr is not None and sys.stderr.isatty() else 30)  # a log gets a line or two
+        bar = progress_bar(range(steps), desc=f"fine-tuning on {len(lab[0])} lab cells", unit="step", disable=not progress)
         for _ in bar:
             lab_count = batch_size if replay is None else max(1, int(batch_size * (1 - replay_fraction)))
             chosen = torch.randint(len(lab[0]), (lab_count,), generator=generator)

@@ -1,0 +1,20 @@
+"""Progress bars that suit where stderr goes: live in a terminal, a line or two in a log."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+LOG_UPDATE_SECONDS = 30
+"""In a log, a bar writes at most one update this often (tqdm writes each update as ``\\r``, which a log keeps)."""
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+def progress_bar(iterable, **options) -> tqdm:
+    """``tqdm`` over ``iterable`` with ``options``, updating every 0.1 s in a terminal (tqdm's default) and every
+    :data:`LOG_UPDATE_SECONDS` otherwise; the final state is always written."""
+    return tqdm(iterable, mininterval=0.1 if stderr_is_terminal() else LOG_UPDATE_SECONDS, **options)
