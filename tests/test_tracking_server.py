@@ -114,6 +114,45 @@ def test_two_trainings_at_once_then_register_and_load_through_the_server(trackin
     assert predicted["error"][0] == "" and 0 < predicted["confidence"][0] <= 1
 
 
+def test_runs_that_record_the_same_new_dataset_at_once_all_record_it(tracking_server, tmp_path):
+    """MLflow's SQL store looks a dataset up, then inserts it: runs that record the same new one at the same moment
+    race to the insert (two trainings started together failed this way). Eight runs, four new datasets each."""
+    import threading
+
+    from wbc.tracking.datasets import log_image_dataset
+
+    url, _ = tracking_server
+    mlflow.set_tracking_uri(url)
+    client = mlflow.MlflowClient(tracking_uri=url)
+    experiment_id = client.create_experiment("same-dataset-at-once")
+    rounds, runs = 4, [client.create_run(experiment_id).info.run_id for _ in range(8)]
+    folders = []
+    for round_index in range(rounds):
+        folder = tmp_path / f"images{round_index}"
+        folder.mkdir()
+        Image.new("RGB", (8, 8), (round_index, 0, 0)).save(folder / "cell.png")
+        folders.append(folder)
+    barrier, failures = threading.Barrier(len(runs)), []
+
+    def record(run_id: str) -> None:
+        with mlflow.start_run(run_id=run_id):
+            for folder in folders:
+                barrier.wait(timeout=120)
+                try:
+                    log_image_dataset([folder / "cell.png"], [0], folder, "lab", "evaluation")
+                except Exception as error:  # noqa: BLE001 - the test reports every thread's failure
+                    failures.append(f"{folder.name}: {str(error).splitlines()[0]}")
+
+    threads = [threading.Thread(target=record, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not failures, failures
+    digests = [{i.dataset.digest for i in client.get_run(run_id).inputs.dataset_inputs} for run_id in runs]
+    assert all(len(d) == rounds for d in digests) and len(set(map(frozenset, digests))) == 1
+
+
 def _create_database(postgres: str, name: str) -> str:
     import psycopg2
 

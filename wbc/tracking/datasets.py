@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import time
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +18,11 @@ from wbc.classes import CLASS_NAMES
 
 DIGEST_LENGTH = 16
 """Hex characters of the content digest MLflow shows beside the dataset's name."""
+
+LOG_INPUT_ATTEMPTS = 4
+"""Tries at recording a dataset when another run recorded the same one at the same moment (see :func:`log_input`)."""
+
+_UNIQUE_VIOLATION = re.compile(r"unique constraint|duplicate key", re.IGNORECASE)
 
 
 def content_digest(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> str:
@@ -54,4 +61,25 @@ def log_image_dataset(paths: Sequence[str | os.PathLike], targets: Sequence[int]
     with warnings.catch_warnings():  # MLflow 3.17 registers its local-path source class twice and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         dataset = mlflow.data.from_pandas(table, source=str(Path(root).resolve()), name=name, digest=_digest(paths, names))
-    mlflow.log_input(dataset, context=context)
+    log_input(dataset, context)
+
+
+def log_input(dataset: mlflow.data.Dataset, context: str) -> None:
+    """``mlflow.log_input``, tried again when the store refuses the dataset as a duplicate.
+
+    MLflow's SQL store looks the dataset up by experiment, name and digest and inserts it when it finds none, in one
+    transaction: two runs that record the same new dataset at the same moment (two trainings started together on a
+    team server, on PostgreSQL) both find none, and the later insert breaks the unique key. The dataset is then in
+    the store, so the next try links to it. Up to :data:`LOG_INPUT_ATTEMPTS` tries, 0.2 s, 0.4 s, ... apart.
+
+    Raises:
+        mlflow.exceptions.MlflowException: any other refusal, or the last one.
+    """
+    for attempt in range(1, LOG_INPUT_ATTEMPTS + 1):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as error:
+            if attempt == LOG_INPUT_ATTEMPTS or not _UNIQUE_VIOLATION.search(str(error)):
+                raise
+            time.sleep(0.2 * attempt)
