@@ -54,11 +54,11 @@ def test_predict_writes_csv_prints_differential_count_and_lists_bad_files(model_
     good = table[table["error"] == ""]
     assert set(good["label"]) <= set(CLASS_NAMES) and len(good) == 6
     assert "cells" in result.output and "percent" in result.output and "(2 unreadable, " in result.output
-    # cells flagged as unlike the training data are listed, not counted
+    # cells flagged as unfamiliar (out of distribution) are listed, not counted
     unlike = good[good["in_distribution"].astype(str) == "False"]
     counted = sum(int(line.split()[1]) for line in result.output.splitlines()[1:9])
     assert counted == 6 - len(unlike)
-    assert all(f"not counted, unlike the training images" in result.output and name in result.output for name in unlike["file"])
+    assert all(f"not counted, unfamiliar to the model" in result.output and name in result.output for name in unlike["file"])
     assert f"{len(unlike)} out of distribution" in result.output
 
 

@@ -371,7 +371,7 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
     unlike = out_of_distribution(table)
     click.echo(differential_count(table).to_string(index=False))
     for _, row in unlike.iterrows():
-        click.echo(f"not counted, unlike the training images (in_distribution_score {row['in_distribution_score']:.2f}): {row['file']}")
+        click.echo(f"not counted, unfamiliar to the model (in_distribution_score {row['in_distribution_score']:.2f}): {row['file']}")
     for _, row in errors.iterrows():
         click.echo(f"error: {row['error']}", err=True)
     review = int((table["review"] == True).sum())  # noqa: E712

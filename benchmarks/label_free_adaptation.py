@@ -1,0 +1,130 @@
+"""Adapting to a lab's unlabelled images: does anything beyond batch-norm statistics (``wbc adapt`` without labels) help?
+
+Usage: python benchmarks/label_free_adaptation.py MODEL [--images ../shared/data/other-lab] [--data-dir ../shared/data]
+       [--variants none,adabn,tent20,...] [--seeds 3] [--valid-per-class 40]
+
+Every variant sees the lab's images without their labels, all of them, and is scored on the same images
+(transductive, as test-time adaptation is): accuracy among the classes present and over the eight (what a lab that
+does not know its classes gets), and on the first ``--valid-per-class`` images of each class of PBC ``valid``.
+Variants:
+
+- ``none``: the model as given (zero-shot); ``adabn``: batch-norm statistics re-estimated on the lab's images
+  (``wbc.training.adaptation.reestimate_batch_norm``; Li et al. 2016), what ``wbc adapt`` does without labels;
+- ``tentN``: after AdaBN, N steps of entropy minimisation on the batch-norm layers' scale and shift, batch statistics
+  in each step, Adam 1e-3, batches of 32 (Tent, Wang et al. 2021), then the statistics re-estimated;
+- ``selfK``: after AdaBN, self-training on pseudo-labels (Lee 2013): the model's K most confident cells of each
+  class it predicts (at most, and only those with calibrated confidence >= 0.5) fine-tune it as ``wbc adapt``'s
+  labelled recipe does (``fine_tune_few_shot``, 200 steps, half PBC replay, zoom), class-balanced like the labelled
+  draw; ``self0.9``: every cell with confidence >= 0.9 instead.
+
+Variants with random draws run ``--seeds`` times. One JSON line per variant and seed, with the pseudo-labels' count
+and accuracy where there are some.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--images", default="../shared/data/other-lab")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--variants", default="none,adabn,tent20,tent60,self10,self20,self0.9")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--valid-per-class", type=int, default=40)
+    args = parser.parse_args()
+
+    from wbc._process import tune_malloc_and_reexec
+
+    tune_malloc_and_reexec()
+    import numpy as np
+    import torch
+
+    from wbc.data import load_folder, load_split
+    from wbc.evaluation.reports import Evaluation
+    from wbc.inference import Predictor
+    from wbc.jobs.adapt import REPLAY_PER_CLASS
+    from wbc.training.adaptation import batch_norm_layers, fine_tune_few_shot, reestimate_batch_norm
+
+    source = Predictor.load(args.model, runtime="torch")
+    size = source.image_size
+    lab = load_folder(args.images, size)
+    lab_pixels = np.array(lab.pixels)
+    valid = load_split(args.data_dir, "valid", size, limit_per_class=args.valid_per_class)
+    replay = load_split(args.data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS)
+
+    def scored(predictor, pixels, targets):
+        return Evaluation.from_scores(targets, predictor.score_pixels(pixels).probabilities)
+
+    def tent(model, steps, seed):
+        norms = batch_norm_layers(model)
+        parameters = [p for norm in norms for p in (norm.weight, norm.bias) if p is not None]
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.Adam(parameters, lr=1e-3)
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.from_numpy(lab_pixels)
+        with torch.inference_mode(False), torch.enable_grad():
+            model.eval()
+            for norm in norms:
+                norm.train()
+            for _ in range(steps):
+                batch = images[torch.randperm(len(images), generator=generator)[:32]]
+                probabilities = model(batch).softmax(dim=1)
+                loss = -(probabilities * probabilities.clamp_min(1e-8).log()).sum(dim=1).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        reestimate_batch_norm(model, lab_pixels)
+
+    def pseudo_labels(predictor, rule):
+        probabilities = predictor.score_pixels(lab_pixels).probabilities
+        predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        if rule < 1:
+            return np.flatnonzero(confidence >= rule), predicted
+        chosen = []
+        for target in np.unique(predicted):
+            members = np.flatnonzero((predicted == target) & (confidence >= 0.5))
+            chosen += members[np.argsort(-confidence[members])][: int(rule)].tolist()
+        return np.asarray(sorted(chosen), dtype=np.int64), predicted
+
+    variants = args.variants.split(",")
+    for variant in variants:
+        seeds = range(args.seeds) if variant.startswith("self") or variant.startswith("tent") else [0]
+        for seed in seeds:
+            started = time.monotonic()
+            predictor = copy.deepcopy(source)
+            line = {"variant": variant, "seed": seed}
+            if variant != "none":
+                reestimate_batch_norm(predictor.model, lab_pixels)
+            if variant.startswith("tent"):
+                tent(predictor.model, int(variant[4:]), seed)
+            elif variant.startswith("self"):
+                chosen, predicted = pseudo_labels(predictor, float(variant[4:]))
+                line["pseudo_labelled"] = len(chosen)
+                if len(chosen) == 0:
+                    print(json.dumps(line | {"skipped": "no cell confident enough"}), flush=True)
+                    continue
+                line["pseudo_label_accuracy"] = round(100 * float((predicted[chosen] == lab.targets[chosen]).mean()), 1)
+                fine_tune_few_shot(predictor.model, lab_pixels[chosen], predicted[chosen], replay_pixels=replay.pixels,
+                                   replay_targets=replay.targets, seed=seed)
+            elif variant not in ("none", "adabn"):
+                raise SystemExit(f"unknown variant {variant!r}")
+            on_lab = scored(predictor, lab_pixels, lab.targets)
+            line |= {"other_lab": round(100 * on_lab.present_accuracy, 1), "other_lab_over_8": round(100 * on_lab.accuracy, 1),
+                     "valid_subset": round(100 * scored(predictor, valid.pixels, valid.targets).accuracy, 2),
+                     "minutes": round((time.monotonic() - started) / 60, 2)}
+            print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
