@@ -15,7 +15,8 @@ Variants:
 - ``selfK``: after AdaBN, self-training on pseudo-labels (Lee 2013): the model's K most confident cells of each
   class it predicts (at most, and only those with calibrated confidence >= 0.5) fine-tune it as ``wbc adapt``'s
   labelled recipe does (``fine_tune_few_shot``, 200 steps, half PBC replay, zoom), class-balanced like the labelled
-  draw; ``self0.9``: every cell with confidence >= 0.9 instead.
+  draw; ``self0.9``: every cell with confidence >= 0.9 instead; ``selfttaK``: as ``selfK`` with pseudo-labels and
+  confidences from the mean of the 8 flips/rotations (TTA).
 
 Variants with random draws run ``--seeds`` times. One JSON line per variant and seed, with the pseudo-labels' count
 and accuracy where there are some.
@@ -86,8 +87,10 @@ def main() -> None:
             parameter.requires_grad_(True)
         reestimate_batch_norm(model, lab_pixels)
 
-    def pseudo_labels(predictor, rule):
+    def pseudo_labels(predictor, rule, tta):
+        predictor.tta = tta
         probabilities = predictor.score_pixels(lab_pixels).probabilities
+        predictor.tta = False
         predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
         if rule < 1:
             return np.flatnonzero(confidence >= rule), predicted
@@ -109,7 +112,8 @@ def main() -> None:
             if variant.startswith("tent"):
                 tent(predictor.model, int(variant[4:]), seed)
             elif variant.startswith("self"):
-                chosen, predicted = pseudo_labels(predictor, float(variant[4:]))
+                tta = variant.startswith("selftta")
+                chosen, predicted = pseudo_labels(predictor, float(variant[7 if tta else 4:]), tta)
                 line["pseudo_labelled"] = len(chosen)
                 if len(chosen) == 0:
                     print(json.dumps(line | {"skipped": "no cell confident enough"}), flush=True)

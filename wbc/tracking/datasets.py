@@ -22,7 +22,8 @@ DIGEST_LENGTH = 16
 LOG_INPUT_ATTEMPTS = 4
 """Tries at recording a dataset when another run recorded the same one at the same moment (see :func:`log_input`)."""
 
-_UNIQUE_VIOLATION = re.compile(r"unique constraint|duplicate key", re.IGNORECASE)
+_UNIQUE_VIOLATION = re.compile(r"unique constraint|duplicate key|duplicate entry|primary key constraint", re.IGNORECASE)
+"""How PostgreSQL, SQLite, MySQL and SQL Server word a broken unique key."""
 
 
 def content_digest(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> str:
