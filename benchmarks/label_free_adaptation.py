@@ -18,7 +18,11 @@ Variants:
   draw; ``self0.9``: every cell with confidence >= 0.9 instead; ``selfttaK``: as ``selfK`` with pseudo-labels and
   confidences from the mean of the 8 flips/rotations (TTA).
 
-Variants with random draws run ``--seeds`` times. One JSON line per variant and seed, with the pseudo-labels' count
+With ``--held-out``, each seed instead draws half of the lab's cells of each class (``wbc adapt``'s own draw,
+``wbc.jobs.adapt._split_per_class``): the variant adapts on that half, unlabelled, and is scored on the other half,
+as a lab's next cells would be.
+
+Variants with random draws run ``--seeds`` times (all of them, with ``--held-out``). One JSON line per variant and seed, with the pseudo-labels' count
 and accuracy where there are some.
 """
 
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--variants", default="none,adabn,tent20,tent60,self10,self20,self0.9")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--valid-per-class", type=int, default=40)
+    parser.add_argument("--held-out", action="store_true", help="adapt on half of the cells, score on the other half")
     args = parser.parse_args()
 
     from wbc._process import tune_malloc_and_reexec
@@ -49,13 +54,12 @@ def main() -> None:
     from wbc.data import load_folder, load_split
     from wbc.evaluation.reports import Evaluation
     from wbc.inference import Predictor
-    from wbc.jobs.adapt import REPLAY_PER_CLASS
+    from wbc.jobs.adapt import REPLAY_PER_CLASS, _split_per_class
     from wbc.training.adaptation import batch_norm_layers, fine_tune_few_shot, reestimate_batch_norm
 
     source = Predictor.load(args.model, runtime="torch")
     size = source.image_size
-    lab = load_folder(args.images, size)
-    lab_pixels = np.array(lab.pixels)
+    everything = load_folder(args.images, size)
     valid = load_split(args.data_dir, "valid", size, limit_per_class=args.valid_per_class)
     replay = load_split(args.data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS)
 
@@ -69,6 +73,7 @@ def main() -> None:
             parameter.requires_grad_(False)
         for parameter in parameters:
             parameter.requires_grad_(True)
+        before = [parameter.detach().clone() for parameter in parameters]
         optimizer = torch.optim.Adam(parameters, lr=1e-3)
         generator = torch.Generator().manual_seed(seed)
         images = torch.from_numpy(lab_pixels)
@@ -86,6 +91,7 @@ def main() -> None:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         reestimate_batch_norm(model, lab_pixels)
+        return max(float((parameter.detach() - old).abs().max()) for parameter, old in zip(parameters, before))
 
     def pseudo_labels(predictor, rule, tta):
         predictor.tta = tta
@@ -102,15 +108,22 @@ def main() -> None:
 
     variants = args.variants.split(",")
     for variant in variants:
-        seeds = range(args.seeds) if variant.startswith("self") or variant.startswith("tent") else [0]
+        seeds = range(args.seeds) if args.held_out or variant.startswith(("self", "tent")) else [0]
         for seed in seeds:
             started = time.monotonic()
+            lab = measured = everything
+            if args.held_out:
+                adapting, rest = _split_per_class(everything.targets, len(everything) // (2 * len(set(everything.targets))), seed)
+                lab, measured = everything.subset(adapting), everything.subset(rest)
+            lab_pixels = np.array(lab.pixels)
             predictor = copy.deepcopy(source)
             line = {"variant": variant, "seed": seed}
-            if variant != "none":
+            if variant.startswith("mix"):
+                reestimate_batch_norm(predictor.model, lab_pixels, source_weight=float(variant[3:]))
+            elif variant != "none":
                 reestimate_batch_norm(predictor.model, lab_pixels)
             if variant.startswith("tent"):
-                tent(predictor.model, int(variant[4:]), seed)
+                line["largest_scale_or_shift_change"] = round(tent(predictor.model, int(variant[4:]), seed), 4)
             elif variant.startswith("self"):
                 tta = variant.startswith("selftta")
                 chosen, predicted = pseudo_labels(predictor, float(variant[7 if tta else 4:]), tta)
@@ -121,9 +134,10 @@ def main() -> None:
                 line["pseudo_label_accuracy"] = round(100 * float((predicted[chosen] == lab.targets[chosen]).mean()), 1)
                 fine_tune_few_shot(predictor.model, lab_pixels[chosen], predicted[chosen], replay_pixels=replay.pixels,
                                    replay_targets=replay.targets, seed=seed)
-            elif variant not in ("none", "adabn"):
+            elif variant not in ("none", "adabn") and not variant.startswith("mix"):
                 raise SystemExit(f"unknown variant {variant!r}")
-            on_lab = scored(predictor, lab_pixels, lab.targets)
+            on_lab = scored(predictor, np.array(measured.pixels), measured.targets)
+            line["adapted_on"], line["measured_on"] = len(lab), len(measured)
             line |= {"other_lab": round(100 * on_lab.present_accuracy, 1), "other_lab_over_8": round(100 * on_lab.accuracy, 1),
                      "valid_subset": round(100 * scored(predictor, valid.pixels, valid.targets).accuracy, 2),
                      "minutes": round((time.monotonic() - started) / 60, 2)}

@@ -144,9 +144,11 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
 
     result = invoke("adapt", lab, "--alias", "lab-b", "--data-dir", synthetic_data, "--no-onnx")
     assert result.exit_code == 0, result.output
-    assert "adapted on 18 of the lab's images" in result.output and "lab cells" not in result.output
+    assert "adapted on 18 of the lab's images (batch-norm statistics, 0.5 of PBC's kept)" in result.output
+    assert "lab cells" not in result.output
     version = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-b")
     assert version.tags["adapted_for"] == "lab-b"
+    assert mlflow.MlflowClient().get_run(version.run_id).data.params["batch_norm_source_weight"] == "0.5"
 
 
 def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_others(champion, synthetic_data, tmp_path, caplog):
@@ -161,7 +163,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
     params, metrics = run.data.params, run.data.metrics
     assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"].startswith("AdaBN + few-shot")
-    assert params["few_shot_augment"] == FEW_SHOT_AUGMENTATION
+    assert params["few_shot_augment"] == FEW_SHOT_AUGMENTATION and params["batch_norm_source_weight"] == "0.0"
     assert metrics["lab_after_acc_present"] > metrics["lab_before_acc_present"], "the lab's held-out cells gained"
     source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
     served = Predictor.load("models:/wbc-classifier@lab-c", runtime="torch")
@@ -264,3 +266,25 @@ def test_replaying_pbc_images_keeps_the_classes_the_lab_did_not_label(champion, 
         accuracy[name] = (before[unlabelled] == valid.targets[unlabelled]).mean(), (after[unlabelled] == valid.targets[unlabelled]).mean()
     assert accuracy["with"][0] >= 0.9 and accuracy["with"][1] >= 0.9, f"the five classes the lab did not label: {accuracy}"
     assert accuracy["without"][1] <= 0.5, f"without replay they are forgotten, so the test can tell: {accuracy}"
+
+
+def test_batch_norm_statistics_are_the_labs_or_a_mix_with_the_sources():
+    from wbc.models import build_model
+    from wbc.training.adaptation import batch_norm_layers, reestimate_batch_norm
+
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
+    statistics = {}
+    for weight in (0.0, 0.25, 1.0):
+        torch.manual_seed(0)
+        model = build_model("scratch")
+        norm = batch_norm_layers(model)[0]
+        source = norm.running_mean.clone(), norm.running_var.clone()
+        assert reestimate_batch_norm(model, pixels, batch_size=20, source_weight=weight) == len(batch_norm_layers(model))
+        statistics[weight] = norm.running_mean.clone(), norm.running_var.clone()
+    lab = statistics[0.0]
+    assert not torch.allclose(lab[0], source[0]) and not torch.allclose(lab[1], source[1]), "the lab's own statistics"
+    assert torch.allclose(statistics[1.0][0], source[0]) and torch.allclose(statistics[1.0][1], source[1]), "the source's kept"
+    for mixed, own, kept in zip(statistics[0.25], lab, source):
+        assert torch.allclose(mixed, 0.25 * kept + 0.75 * own, atol=1e-6)
+    with pytest.raises(ValueError, match="source_weight=1.5 is invalid"):
+        reestimate_batch_norm(build_model("scratch"), pixels, source_weight=1.5)

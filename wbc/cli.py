@@ -20,7 +20,7 @@ from wbc._progress import stderr_is_terminal
 from wbc.errors import WBCError, server_refusal
 from wbc.inference.onnx import RUNTIMES
 from wbc.training.config import TrainConfig, default_of
-from wbc.training.recipes import FEW_SHOT_STEPS, MainSettings, main_config
+from wbc.training.recipes import FEW_SHOT_STEPS, LABEL_FREE_SOURCE_WEIGHT, MainSettings, main_config
 
 
 def _option_names(flag: str) -> list[str]:
@@ -470,14 +470,17 @@ def app_login(name: str, auth_file: str, password: str) -> None:
          help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure (none left: not measured). 0 = labels only measure and calibrate.")
 @click.option("--steps", default=FEW_SHOT_STEPS, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which cells fine-tune and which measure; the augmentation.")
+@click.option("--source-weight", default=None, type=click.FloatRange(0, 1),
+              help=f"Share of PBC's batch-norm statistics kept beside the lab's [default: {LABEL_FREE_SOURCE_WEIGHT:g}; "
+              "0 with --labelled-per-class].")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
 @_cache_dir_option
 @_user_errors
 @_downloads_data
 def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, output_dir: str, flag_rate: float,
-          labelled_per_class: int, steps: int, seed: int, onnx: bool, cache_dir: str | None) -> None:
+          labelled_per_class: int, steps: int, seed: int, source_weight: float | None, onnx: bool, cache_dir: str | None) -> None:
     """Adapt MODEL to a lab's IMAGES (a folder; labelled as <class>/<image> or not): re-estimate its batch-norm
-    statistics on them, with --labelled-per-class fine-tune it on a few labelled cells of each class, and refit its
+    statistics on them (half of PBC's kept, unless it fine-tunes), with --labelled-per-class fine-tune it on a few labelled cells of each class, and refit its
     calibration and flag thresholds on the lab's cells (labelled ones where there are); register it under --alias (serve it with wbc app --model
     models:/wbc-classifier@ALIAS). Prints accuracy before and after, on the lab's (held-out) cells and on PBC valid."""
     from wbc.jobs.adapt import adapt_model
@@ -485,8 +488,8 @@ def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, o
 
     configure_tracking(experiment=None)
     result = adapt_model(model, images, alias, data_dir=data_dir, experiment=experiment, output_dir=output_dir,
-                         flag_rate=flag_rate, labelled_per_class=labelled_per_class, steps=steps, seed=seed, onnx=onnx,
-                         cache_dir=cache_dir)
+                         flag_rate=flag_rate, labelled_per_class=labelled_per_class, steps=steps, seed=seed,
+                         source_weight=source_weight, onnx=onnx, cache_dir=cache_dir)
     click.echo(result.summary())
 
 

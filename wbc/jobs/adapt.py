@@ -1,7 +1,8 @@
 """``wbc adapt``: a lab brings its own images and leaves with a model for them, registered under the lab's alias.
 
 Always, without labels: the batch-norm statistics are re-estimated on all the lab's images
-(:mod:`wbc.training.adaptation`). With ``labelled_per_class`` N > 0 and a labelled folder (``<class>/<image>``),
+(:mod:`wbc.training.adaptation`); without a fine-tune, half of PBC's are kept in the mix
+(:data:`~wbc.training.recipes.LABEL_FREE_SOURCE_WEIGHT`). With ``labelled_per_class`` N > 0 and a labelled folder (``<class>/<image>``),
 the network is then fine-tuned on up to N cells of each class (seeded; zoomed 0.7-1.5x among the augmentations,
 :data:`~wbc.training.recipes.FEW_SHOT_AUGMENTATION`), half of each batch replaying PBC training images so the classes
 the lab did not label are still predicted; the lab's other cells are held out (with none left, the lab's accuracy
@@ -37,7 +38,7 @@ from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import check_lab_alias, register_adapted
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 from wbc.training.adaptation import MIN_BATCH_NORM_IMAGES, fine_tune_few_shot, reestimate_batch_norm
-from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
+from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS, LABEL_FREE_SOURCE_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,14 @@ class AdaptResult:
     valid_after: Evaluation
     calibrated_on: str
     """Where the registered model's temperature and thresholds were fitted (its calibration's ``fitted_on``)."""
+    source_weight: float = 0.0
+    """The share of PBC's batch-norm statistics kept beside the lab's."""
 
     def summary(self) -> str:
         """What ``wbc adapt`` prints: before and after, on the lab's cells and on PBC valid."""
         how = f"fine-tuned on {self.tuned} labelled cells, " if self.tuned else ""
-        lines = [f"adapted on {self.images} of the lab's images ({how}batch-norm statistics); calibrated on {self.calibrated_on}"]
+        statistics = f"batch-norm statistics, {self.source_weight:g} of PBC's kept" if self.source_weight else "batch-norm statistics"
+        lines = [f"adapted on {self.images} of the lab's images ({how}{statistics}); calibrated on {self.calibrated_on}"]
         if self.lab_before is not None:
             cells = f"{self.measured} held-out lab cells" if self.tuned else f"{self.measured} lab cells"
             for name, evaluation in (("before", self.lab_before), ("after", self.lab_after)):
@@ -117,14 +121,22 @@ def adapt_model(
     labelled_per_class: int = 0,
     steps: int = FEW_SHOT_STEPS,
     seed: int = 0,
+    source_weight: float | None = None,
     onnx: bool = True,
     cache_dir: str | None = None,
 ) -> AdaptResult:
-    """Adapt ``model`` to the lab's ``images`` without labels and register it as ``@alias`` (see the module). Raises
+    """Adapt ``model`` to the lab's ``images`` without labels and register it as ``@alias`` (see the module).
+    ``source_weight``: the share of PBC's batch-norm statistics kept beside the lab's (None:
+    :data:`~wbc.training.recipes.LABEL_FREE_SOURCE_WEIGHT` without a fine-tune, 0 with ``labelled_per_class``; ValueError
+    outside [0, 1]). Raises
     :class:`~wbc.tracking.registry.RegistryError` for a reserved alias and :class:`~wbc.data.DatasetError` for missing
     images, fewer than :data:`~wbc.training.adaptation.MIN_BATCH_NORM_IMAGES` of them, or missing PBC data, before any
     work."""
     check_lab_alias(alias)
+    if source_weight is None:
+        source_weight = 0.0 if labelled_per_class else LABEL_FREE_SOURCE_WEIGHT
+    if not 0 <= source_weight <= 1:
+        raise ValueError(f"source_weight={source_weight} is invalid: give a share of PBC's batch-norm statistics from 0 to 1")
     files = image_files(images)
     try:
         labelled = LabelledFolder(images)
@@ -160,7 +172,7 @@ def adapt_model(
     lab_before = _scores(predictor, measured) if measurable else None
     valid_before = _scores(predictor, valid)
 
-    reestimate_batch_norm(predictor.model, lab.pixels)
+    reestimate_batch_norm(predictor.model, lab.pixels, source_weight=source_weight)
     if labelled_per_class:
         replay = load_split(data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS, cache_dir=cache_dir)
         fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], replay_pixels=replay.pixels,
@@ -194,6 +206,7 @@ def adapt_model(
                          **({"few_shot_augment": FEW_SHOT_AUGMENTATION} if labelled_per_class else {}),
                          "seed": seed, "held_out": len(measured) if measurable else 0,
                          "method": "AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN",
+                         "batch_norm_source_weight": source_weight,
                          "calibrated_on": predictor.calibration.fitted_on,
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
                          "data_dir": str(Path(data_dir).resolve())})
@@ -210,4 +223,4 @@ def adapt_model(
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
     version = register_adapted(run.info.run_id, alias, source=model)
     return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if measurable else 0,
-                       lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on)
+                       lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on, source_weight)

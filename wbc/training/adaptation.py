@@ -22,19 +22,29 @@ def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm
     return [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
 
 
-def reestimate_batch_norm(model: Classifier, pixels: np.ndarray, batch_size: int = 32) -> int:
+def reestimate_batch_norm(model: Classifier, pixels: np.ndarray, batch_size: int = 32, source_weight: float = 0.0) -> int:
     """Replace every batch-norm layer's running mean and variance by the statistics of ``pixels`` (uint8 (N, 3, S, S),
-    the lab's images at the model's size), averaged over all of them; the weights stay. Returns the number of layers.
-    The model is left in eval mode."""
+    the lab's images at the model's size), averaged over all of them; the weights stay. With ``source_weight`` w > 0
+    each becomes ``w * source + (1 - w) * lab`` instead, the source's statistics kept in part (Schneider et al. 2020).
+    Returns the number of layers. The model is left in eval mode. Raises ValueError without images or for w outside
+    [0, 1]."""
     if len(pixels) == 0:
         raise ValueError("no images to re-estimate batch-norm statistics on")
+    if not 0 <= source_weight <= 1:
+        raise ValueError(f"source_weight={source_weight} is invalid: expected a share from 0 to 1")
+    norms = batch_norm_layers(model)
+    source = [(norm.running_mean.clone(), norm.running_var.clone()) for norm in norms]
     images = torch.from_numpy(np.array(pixels))  # a copy: the cache's arrays are read-only
     # each batch counts once in the average: a short last batch is left out when there are full ones
     loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False, drop_last=len(images) > batch_size)
     with torch.inference_mode(False):
         update_bn(loader, model)
+        if source_weight:
+            for norm, (mean, var) in zip(norms, source):
+                norm.running_mean.mul_(1 - source_weight).add_(mean, alpha=source_weight)
+                norm.running_var.mul_(1 - source_weight).add_(var, alpha=source_weight)
     model.eval()
-    return len(batch_norm_layers(model))
+    return len(norms)
 
 
 def fine_tune_few_shot(

@@ -30,6 +30,14 @@ differs from PBC's. On the champion, over 10 seeded draws of 10 cells per class,
 90.8 % with the standard augmentation (paired: better on 5 draws, worse on 1, equal on 4): benchmarks/RESULTS.md, "Other labs:
 few-shot fine-tuning with zoom"."""
 
+LABEL_FREE_SOURCE_WEIGHT = 0.5
+"""``wbc adapt`` without labelled cells to fine-tune on: the share of PBC's batch-norm statistics kept beside the lab's
+(``reestimate_batch_norm(source_weight=...)``). The lab's own statistics alone (AdaBN) cost the main job's champion 8.5
+points on other-lab cells it had not seen (66.0 against 74.5 %, 4 draws of 50 adapting and 50 measured), the half mix
+2.5 (72.0 %); on a model without the robust stage 2 both gain (72.0 and 73.5 against 67.5 %); PBC valid keeps 95 %
+with the mix, 88-90 % without: benchmarks/RESULTS.md, "Other labs: adapting without labels". With labelled cells
+the fine-tune starts from the lab's statistics alone (weight 0), as measured for the few-shot recipe."""
+
 FAST_RECIPE = {"epochs": 6, "image_size": 160}
 """The documented fast recipe: at most 20 minutes on the faster 2-core machines; on slower ones, add
 ``head_epochs=0, freeze_stages=5, lr=2e-3, backbone_lr_scale=1, max_time=17, shiftbench=False`` to stay
