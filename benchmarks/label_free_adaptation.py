@@ -117,7 +117,8 @@ def main() -> None:
                 lab, measured = everything.subset(adapting), everything.subset(rest)
             lab_pixels = np.array(lab.pixels)
             predictor = copy.deepcopy(source)
-            line = {"variant": variant, "seed": seed}
+            line = {"model": args.model, "protocol": "held-out" if args.held_out else "transductive", "variant": variant,
+                    "seed": seed}
             if variant.startswith("mix"):
                 reestimate_batch_norm(predictor.model, lab_pixels, source_weight=float(variant[3:]))
             elif variant != "none":

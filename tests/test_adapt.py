@@ -15,12 +15,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wbc.cli import cli
-from wbc.data import load_folder
+from wbc.data import load_folder, load_unlabelled
 from wbc.evaluation.calibration import calibrate_on_lab
 from wbc.inference import Predictor
 from wbc.jobs.train import train
 from wbc.tracking.registry import register_best
 from wbc.training.config import TrainConfig
+from wbc.training.adaptation import batch_norm_layers, reestimate_batch_norm
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION
 
 from conftest import cell_image, free_port, start_http_server, stop_process_group
@@ -148,7 +149,16 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
     assert "lab cells" not in result.output
     version = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-b")
     assert version.tags["adapted_for"] == "lab-b"
-    assert mlflow.MlflowClient().get_run(version.run_id).data.params["batch_norm_source_weight"] == "0.5"
+    params = mlflow.MlflowClient().get_run(version.run_id).data.params
+    assert params["batch_norm_source_weight"] == "0.5" and params["method"] == "AdaBN mixed with PBC's statistics (0.5 of PBC's)"
+    # the served version carries the mix: half the champion's statistics, half those of the lab's images alone
+    source = Predictor.load("models:/wbc-classifier@champion", runtime="torch")
+    lab_only = Predictor.load("models:/wbc-classifier@champion", runtime="torch")
+    reestimate_batch_norm(lab_only.model, load_unlabelled(lab, source.image_size).pixels)
+    served = Predictor.load("models:/wbc-classifier@lab-b", runtime="torch")
+    for kept, own, mixed in zip(*(batch_norm_layers(p.model) for p in (source, lab_only, served))):
+        assert torch.allclose(mixed.running_mean, 0.5 * kept.running_mean + 0.5 * own.running_mean, atol=1e-5)
+        assert torch.allclose(mixed.running_var, 0.5 * kept.running_var + 0.5 * own.running_var, atol=1e-5)
 
 
 def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_others(champion, synthetic_data, tmp_path, caplog):
@@ -162,7 +172,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     assert "calibrated on PBC valid; out-of-distribution threshold: the 18 images of lab-c" in result.output, "too few cells left"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
     params, metrics = run.data.params, run.data.metrics
-    assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"].startswith("AdaBN + few-shot")
+    assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"] == "AdaBN + few-shot fine-tuning"
     assert params["few_shot_augment"] == FEW_SHOT_AUGMENTATION and params["batch_norm_source_weight"] == "0.0"
     assert metrics["lab_after_acc_present"] > metrics["lab_before_acc_present"], "the lab's held-out cells gained"
     source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")
@@ -270,7 +280,6 @@ def test_replaying_pbc_images_keeps_the_classes_the_lab_did_not_label(champion, 
 
 def test_batch_norm_statistics_are_the_labs_or_a_mix_with_the_sources():
     from wbc.models import build_model
-    from wbc.training.adaptation import batch_norm_layers, reestimate_batch_norm
 
     pixels = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
     statistics = {}

@@ -4,6 +4,7 @@ training runs also log system metrics."""
 import shutil
 
 import mlflow
+import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
@@ -45,3 +46,42 @@ def test_training_and_evaluation_runs_record_their_images_and_training_its_syste
     (scored,) = evaluation.inputs.dataset_inputs
     assert scored.dataset.name == "barcelona/valid" and scored.dataset.digest == inputs["barcelona/valid"].dataset.digest
     assert [tag.value for tag in scored.tags if tag.key == "mlflow.data.context"] == ["valid"]
+
+
+def test_a_dataset_refused_as_a_duplicate_is_recorded_again_and_other_refusals_are_not(monkeypatch):
+    """The race itself runs against PostgreSQL in test_tracking_server.py; here, how often and on what it tries again."""
+    from mlflow.exceptions import MlflowException
+
+    from wbc.tracking import datasets
+
+    calls = []
+
+    def refuse(message):
+        def log_input(dataset, context):
+            calls.append(context)
+            raise MlflowException(message)
+        return log_input
+
+    monkeypatch.setattr(datasets.time, "sleep", lambda seconds: None)
+    duplicate = '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+    monkeypatch.setattr(datasets.mlflow, "log_input", refuse(duplicate))
+    with pytest.raises(MlflowException, match="duplicate key"):
+        datasets.log_input(object(), "train")
+    assert len(calls) == datasets.LOG_INPUT_ATTEMPTS
+    calls.clear()
+    monkeypatch.setattr(datasets.mlflow, "log_input", refuse("RESOURCE_DOES_NOT_EXIST: run not found"))
+    with pytest.raises(MlflowException, match="run not found"):
+        datasets.log_input(object(), "train")
+    assert len(calls) == 1, "only a duplicate is tried again"
+    outcomes = iter([MlflowException("UNIQUE constraint failed: datasets.experiment_id"), None])
+
+    def once_refused(dataset, context):
+        calls.append(context)
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    calls.clear()
+    monkeypatch.setattr(datasets.mlflow, "log_input", once_refused)
+    datasets.log_input(object(), "valid")
+    assert calls == ["valid", "valid"], "SQLite's wording too; the second try records it"

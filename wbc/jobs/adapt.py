@@ -199,13 +199,14 @@ def adapt_model(
         lab_after = _scores(predictor, measured) if measurable else None
     valid_after = _scores(predictor, valid)
 
+    statistics = f"AdaBN mixed with PBC's statistics ({source_weight:g} of PBC's)" if source_weight else "AdaBN"
     configure_tracking(experiment)
     with mlflow.start_run(run_name=f"adapt to {lab_name} ({alias})", tags=run_tags(**{RUN_KIND_TAG: "adapt"})) as run:
         log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
                          "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
                          **({"few_shot_augment": FEW_SHOT_AUGMENTATION} if labelled_per_class else {}),
                          "seed": seed, "held_out": len(measured) if measurable else 0,
-                         "method": "AdaBN + few-shot fine-tuning" if labelled_per_class else "AdaBN",
+                         "method": statistics + (" + few-shot fine-tuning" if labelled_per_class else ""),
                          "batch_norm_source_weight": source_weight,
                          "calibrated_on": predictor.calibration.fitted_on,
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,

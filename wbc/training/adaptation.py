@@ -32,17 +32,16 @@ def reestimate_batch_norm(model: Classifier, pixels: np.ndarray, batch_size: int
         raise ValueError("no images to re-estimate batch-norm statistics on")
     if not 0 <= source_weight <= 1:
         raise ValueError(f"source_weight={source_weight} is invalid: expected a share from 0 to 1")
-    norms = batch_norm_layers(model)
-    source = [(norm.running_mean.clone(), norm.running_var.clone()) for norm in norms]
+    norms = [norm for norm in batch_norm_layers(model) if norm.running_mean is not None]
+    source = [(norm.running_mean.clone(), norm.running_var.clone()) for norm in norms] if source_weight else []
     images = torch.from_numpy(np.array(pixels))  # a copy: the cache's arrays are read-only
     # each batch counts once in the average: a short last batch is left out when there are full ones
     loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False, drop_last=len(images) > batch_size)
     with torch.inference_mode(False):
         update_bn(loader, model)
-        if source_weight:
-            for norm, (mean, var) in zip(norms, source):
-                norm.running_mean.mul_(1 - source_weight).add_(mean, alpha=source_weight)
-                norm.running_var.mul_(1 - source_weight).add_(var, alpha=source_weight)
+        for norm, (mean, var) in zip(norms, source):
+            norm.running_mean.mul_(1 - source_weight).add_(mean, alpha=source_weight)
+            norm.running_var.mul_(1 - source_weight).add_(var, alpha=source_weight)
     model.eval()
     return len(norms)
 

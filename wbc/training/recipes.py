@@ -35,7 +35,7 @@ LABEL_FREE_SOURCE_WEIGHT = 0.5
 (``reestimate_batch_norm(source_weight=...)``). The lab's own statistics alone (AdaBN) cost the main job's champion 8.5
 points on other-lab cells it had not seen (66.0 against 74.5 %, 4 draws of 50 adapting and 50 measured), the half mix
 2.5 (72.0 %); on a model without the robust stage 2 both gain (72.0 and 73.5 against 67.5 %); PBC valid keeps 95 %
-with the mix, 88-90 % without: benchmarks/RESULTS.md, "Other labs: adapting without labels". With labelled cells
+with the mix, about 88-93 % without: benchmarks/RESULTS.md, "Other labs: adapting without labels". With labelled cells
 the fine-tune starts from the lab's statistics alone (weight 0), as measured for the few-shot recipe."""
 
 FAST_RECIPE = {"epochs": 6, "image_size": 160}
