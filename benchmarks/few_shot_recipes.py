@@ -41,6 +41,7 @@ VARIANTS = {
     "s200zoompl": dict(steps=200, lr=1e-4, replay=True, augment="zoom", pseudo=0.9),
     "s200zoomsoup3": dict(steps=200, lr=1e-4, replay=True, augment="zoom", soup=3),
     "s200zoomnoadabn": dict(steps=200, lr=1e-4, replay=True, augment="zoom", adabn=False),
+    "s200zoommix": dict(steps=200, lr=1e-4, replay=True, augment="zoom", source_weight=0.5),
     "s200zoomr25": dict(steps=200, lr=1e-4, replay=True, augment="zoom", replay_fraction=0.25),
     "lpft": dict(steps=200, lr=1e-4, replay=True, augment="zoom", head_steps=100),
 }
@@ -53,7 +54,8 @@ self-training (pseudo-labels, Lee 2013): the lab's other cells, their labels unu
 to one of the labelled classes with probability >= ``pseudo`` join the labelled ones for another ``steps // 2``
 steps (transductive: the held-out cells are among them); soup: that many fine-tunes of the same cells with other
 augmentation draws (seeds seed, seed + 1000, ...), their weights averaged (a uniform model soup, Wortsman et al. 2022,
-with ``wbc.training.averaging.average_weights``); adabn: False keeps PBC's batch-norm statistics (default: the lab's);
+with ``wbc.training.averaging.average_weights``); adabn: False keeps PBC's batch-norm statistics (default: the lab's); source_weight: that share of PBC's kept beside the lab's
+(``reestimate_batch_norm(source_weight=...)``, as ``wbc adapt`` without labels);
 replay_fraction: the share of each batch replayed from PBC (default a half); head_steps: first that many steps on the head alone at lr 1e-3, then the whole network (LP-FT, Kumar et al. 2022)."""
 
 
@@ -104,7 +106,7 @@ def main() -> None:
             held_out_counts.update(Path(lab.paths[i]).name for i in held_out)
             predictor = copy.deepcopy(base)
             if settings.get("adabn", True):
-                reestimate_batch_norm(predictor.model, lab.pixels)
+                reestimate_batch_norm(predictor.model, lab.pixels, source_weight=settings.get("source_weight", 0.0))
             if "head_steps" in settings:
                 predictor.model.set_trainable("transfer")
                 fine_tune_few_shot(predictor.model, lab.pixels[tuning], lab.targets[tuning], steps=settings["head_steps"],
