@@ -133,15 +133,20 @@ def test_runs_that_record_the_same_new_dataset_at_once_all_record_it(tracking_se
         Image.new("RGB", (8, 8), (round_index, 0, 0)).save(folder / "cell.png")
         folders.append(folder)
     barrier, failures = threading.Barrier(len(runs)), []
+    mlflow.set_experiment(experiment_id=experiment_id)  # an earlier test's active experiment would refuse these runs
 
     def record(run_id: str) -> None:
-        with mlflow.start_run(run_id=run_id):
-            for folder in folders:
-                barrier.wait(timeout=120)
-                try:
-                    log_image_dataset([folder / "cell.png"], [0], folder, "lab", "evaluation")
-                except Exception as error:  # noqa: BLE001 - the test reports every thread's failure
-                    failures.append(f"{folder.name}: {str(error).splitlines()[0]}")
+        try:
+            with mlflow.start_run(run_id=run_id):
+                for folder in folders:
+                    barrier.wait(timeout=120)
+                    try:
+                        log_image_dataset([folder / "cell.png"], [0], folder, "lab", "evaluation")
+                    except Exception as error:  # noqa: BLE001 - the test reports every thread's failure
+                        failures.append(f"{folder.name}: {str(error).splitlines()[0]}")
+        except Exception as error:  # noqa: BLE001
+            failures.append(f"run {run_id}: {str(error).splitlines()[0]}")
+            barrier.abort()
 
     threads = [threading.Thread(target=record, args=(run_id,)) for run_id in runs]
     for thread in threads:

@@ -470,9 +470,9 @@ def app_login(name: str, auth_file: str, password: str) -> None:
          help="Fine-tune on up to N labelled cells of each class (IMAGES as <class>/<image>); the rest measure (none left: not measured). 0 = labels only measure and calibrate.")
 @click.option("--steps", default=FEW_SHOT_STEPS, show_default=True, type=click.IntRange(1), help="With --labelled-per-class: fine-tuning steps (16 images each).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which cells fine-tune and which measure; the augmentation.")
-@click.option("--source-weight", default=None, type=click.FloatRange(0, 1),
-              help=f"Share of PBC's batch-norm statistics kept beside the lab's [default: {LABEL_FREE_SOURCE_WEIGHT:g}; "
-              "0 with --labelled-per-class].")
+@_option("--source-weight", default=None, type=click.FloatRange(0, 1),
+         help=f"Share of PBC's batch-norm statistics kept beside the lab's [default: {LABEL_FREE_SOURCE_WEIGHT:g}; "
+         "0 with --labelled-per-class].")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export the ONNX flavour too.")
 @_cache_dir_option
 @_user_errors
