@@ -37,7 +37,7 @@ from wbc.serving.pyfunc import log_pyfunc_model
 from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import check_lab_alias, register_adapted
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
-from wbc.training.adaptation import MIN_BATCH_NORM_IMAGES, fine_tune_few_shot, reestimate_batch_norm
+from wbc.training.adaptation import MIN_BATCH_NORM_IMAGES, check_source_weight, fine_tune_few_shot, reestimate_batch_norm
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS, LABEL_FREE_SOURCE_WEIGHT
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,7 @@ def adapt_model(
     check_lab_alias(alias)
     if source_weight is None:
         source_weight = 0.0 if labelled_per_class else LABEL_FREE_SOURCE_WEIGHT
-    if not 0 <= source_weight <= 1:
-        raise ValueError(f"source_weight={source_weight} is invalid: give a share of PBC's batch-norm statistics from 0 to 1")
+    check_source_weight(source_weight)  # before any work
     files = image_files(images)
     try:
         labelled = LabelledFolder(images)

@@ -22,6 +22,13 @@ def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm
     return [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
 
 
+def check_source_weight(source_weight: float) -> None:
+    """Raises ValueError unless ``source_weight`` (the share of the source's batch-norm statistics to keep) is in [0, 1]."""
+    if not 0 <= source_weight <= 1:
+        raise ValueError(f"source_weight={source_weight} is invalid: expected a share of the source's batch-norm "
+                         "statistics from 0 to 1")
+
+
 def reestimate_batch_norm(model: Classifier, pixels: np.ndarray, batch_size: int = 32, source_weight: float = 0.0) -> int:
     """Replace every batch-norm layer's running mean and variance by the statistics of ``pixels`` (uint8 (N, 3, S, S),
     the lab's images at the model's size), averaged over all of them; the weights stay. With ``source_weight`` w > 0
@@ -30,8 +37,7 @@ def reestimate_batch_norm(model: Classifier, pixels: np.ndarray, batch_size: int
     [0, 1]."""
     if len(pixels) == 0:
         raise ValueError("no images to re-estimate batch-norm statistics on")
-    if not 0 <= source_weight <= 1:
-        raise ValueError(f"source_weight={source_weight} is invalid: expected a share from 0 to 1")
+    check_source_weight(source_weight)
     norms = [norm for norm in batch_norm_layers(model) if norm.running_mean is not None]
     source = [(norm.running_mean.clone(), norm.running_var.clone()) for norm in norms] if source_weight else []
     images = torch.from_numpy(np.array(pixels))  # a copy: the cache's arrays are read-only
