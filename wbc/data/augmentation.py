@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from wbc.data.settings import AUGMENTATIONS, DEFAULT_AUGMENTATION
-from wbc.data.shifts import magnify, robust_augmentation, stain
+from wbc.data.shifts import log_uniform, magnify, robust_augmentation, stain
 
 
 class RandomRot90(torch.nn.Module):
@@ -62,7 +60,7 @@ class RandomZoom(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if torch.rand(()) >= self.p:
             return image
-        return magnify(image, math.exp(float(torch.empty(()).uniform_(math.log(self.low), math.log(self.high)))))
+        return magnify(image, log_uniform(self.low, self.high))
 
 
 STAIN_ZOOM = {"low": 0.7, "high": 1.5, "p": 0.7}

@@ -125,9 +125,14 @@ class RandomShift(torch.nn.Module):
         if torch.rand(()) >= self.p:
             return image
         low, high = self.shift.training_range
-        u = float(torch.rand(()))
-        strength = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if self.shift.transform is magnify else low + u * (high - low)
+        strength = log_uniform(low, high) if self.shift.transform is magnify else float(torch.empty(()).uniform_(low, high))
         return self.shift.transform(image, strength, None)
+
+
+def log_uniform(low: float, high: float) -> float:
+    """A draw from ``[low, high]`` uniform in log scale (from torch's generator): as likely to halve as to double,
+    the way a zoom is drawn."""
+    return math.exp(float(torch.empty(()).uniform_(math.log(low), math.log(high))))
 
 
 def robust_augmentation() -> list[torch.nn.Module]:

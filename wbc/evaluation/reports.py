@@ -20,7 +20,7 @@ class FlagSummary:
     """How the model's flags fell on a labelled set: shares of cells flagged, and the error rate on each side."""
 
     out_of_distribution: float
-    """Share of cells flagged as unlike the training data."""
+    """Share of cells flagged as unfamiliar to the model (out of distribution)."""
     review: float
     """Share of cells whose calibrated confidence is below the review threshold."""
     error_flagged: float | None

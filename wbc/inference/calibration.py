@@ -45,7 +45,7 @@ class Calibration:
         return in_distribution_score(logits, self.temperature)
 
     def in_distribution(self, scores):
-        """Whether in-distribution scores pass the threshold (False: flag the image as unlike the training data)."""
+        """Whether in-distribution scores pass the threshold (False: flag the image as unfamiliar to the model)."""
         return scores >= self.ood_threshold
 
     def needs_review(self, confidences):
@@ -59,27 +59,27 @@ BLANK_STD = 4.0
 
 def is_blank(pixels: np.ndarray) -> np.ndarray:
     """(N,) bool for uint8 images (N, 3, S, S): uniform or almost uniform fields (black, white, one colour), which
-    every model flags as unlike its training data, whatever its calibration says."""
+    every model flags as unfamiliar, whatever its calibration says."""
     flat = np.asarray(pixels, dtype=np.float32).reshape(len(pixels), -1)
     return flat.std(axis=1) < BLANK_STD
 
 
-def _scaled(logits, temperature: float) -> np.ndarray:
-    return np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+def probabilities_and_scores(logits, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`softmax` and :func:`in_distribution_score` of the same logits (N, C), float32 (N, C) and (N,),
+    exponentiated once."""
+    scaled = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    peak = scaled.max(axis=1, keepdims=True)
+    exponentials = np.exp(scaled - peak)
+    total = exponentials.sum(axis=1, keepdims=True)
+    return exponentials / total, np.float32(temperature) * (peak + np.log(total))[:, 0]
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     """Softmax of ``logits / temperature`` per row: float32 (N, C) for logits (N, C), an array or a CPU tensor."""
-    scaled = _scaled(logits, temperature)
-    exponentials = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
+    return probabilities_and_scores(logits, temperature)[0]
 
 
 def in_distribution_score(logits, temperature: float = 1.0) -> np.ndarray:
     """Negative free energy per row, float32 (N,) for logits (N, C): ``T * logsumexp(logits / T)``; higher = more like
     the training data (Liu et al. 2020)."""
-    scaled = _scaled(logits, temperature)
-    peak = scaled.max(axis=1)
-    return np.float32(temperature) * (peak + np.log(np.exp(scaled - peak[:, None]).sum(axis=1)))
-
-
+    return probabilities_and_scores(logits, temperature)[1]

@@ -15,7 +15,7 @@ import numpy as np
 from wbc import defaults
 from wbc.classes import CLASS_NAMES
 from wbc.data.images import ImageDecodeError, ImageSource, decode_image_array
-from wbc.inference.calibration import Calibration, in_distribution_score, is_blank, softmax
+from wbc.inference.calibration import Calibration, is_blank, probabilities_and_scores
 from wbc.inference.exported import ModelLoadError, load_calibration, load_export_config, onnx_network, resolved_model
 from wbc.inference.onnx import INT8_FILE, ONNX_FILE, RUNTIMES, OnnxNetwork, OnnxUnavailable, UnknownRuntime
 
@@ -34,7 +34,7 @@ class Prediction:
     error: str | None = None
     in_distribution_score: float | None = None
     in_distribution: bool | None = None
-    """False when the image looks unlike the training data (None: the model has no calibration)."""
+    """False when the image is unfamiliar to the model (None: the model has no calibration)."""
     review: bool | None = None
     """True when the calibrated confidence is below the model's review threshold (None: no calibration)."""
     pixels: np.ndarray | None = field(default=None, repr=False)
@@ -167,9 +167,8 @@ class Predictor:
         views = dihedral_views(batch) if self.tta else [batch]
         probabilities, scores = 0, 0
         for view in views:
-            logits = self._logits(view)
-            probabilities = probabilities + softmax(logits, self.temperature)
-            scores = scores + in_distribution_score(logits, self.temperature)
+            view_probabilities, view_scores = probabilities_and_scores(self._logits(view), self.temperature)
+            probabilities, scores = probabilities + view_probabilities, scores + view_scores
         return probabilities / len(views), scores / len(views)
 
     def _batches(self, images):

@@ -3,7 +3,7 @@
 Input: a DataFrame with a string column ``image``, each cell the base64 encoding of a JPEG or
 PNG file (any size). Output, one row per input row (same index): ``label`` (class name),
 ``confidence`` (its probability), ``prob_<class>`` for each of the eight classes,
-``in_distribution_score`` and ``in_distribution`` (false: the image looks unlike the training data),
+``in_distribution_score`` and ``in_distribution`` (false: the image is unfamiliar to the model),
 ``review`` (true: confidence below the model's review threshold) and ``error`` (empty, or why that
 row could not be scored; its label is then empty). Probabilities are temperature-calibrated and the
 two flags set when the model carries a calibration (:mod:`wbc.inference.calibration`); otherwise the flags are null. A request in which no

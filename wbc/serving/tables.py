@@ -41,12 +41,12 @@ def display_path(path) -> str:
 
 
 def out_of_distribution(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows the model flagged as unlike its training data (left out of the differential count)."""
+    """Rows the model flagged as unfamiliar (left out of the differential count)."""
     return table[(table["error"] == "") & (table["in_distribution"] == False)]  # noqa: E712 - None means "not flagged"
 
 
 def counted_cells(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows that enter the differential count: classified, and not flagged as unlike the training data."""
+    """Rows that enter the differential count: classified, and not flagged as unfamiliar to the model."""
     return table[(table["error"] == "") & (table["in_distribution"] != False)]  # noqa: E712 - None means "not flagged"
 
 
