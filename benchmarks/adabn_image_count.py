@@ -11,35 +11,25 @@ each class of PBC ``valid``. One JSON line per k: mean and per-draw accuracies.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 
+from _lab import lab_parser, load, parse
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--images", default="../shared/data/other-lab")
-    parser.add_argument("--data-dir", default="../shared/data")
+    parser = lab_parser(__doc__)
     parser.add_argument("--counts", default="2,4,8,16,32,64,100")
     parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--valid-per-class", type=int, default=40)
-    args = parser.parse_args()
-
-    from wbc._process import tune_malloc_and_reexec
-
-    tune_malloc_and_reexec()
+    args = parse(parser)
     import numpy as np
 
-    from wbc.data import load_folder, load_split
     from wbc.evaluation.reports import Evaluation
-    from wbc.inference import Predictor
     from wbc.training.adaptation import reestimate_batch_norm
 
-    base = Predictor.load(args.model, runtime="torch")
-    lab = load_folder(args.images, base.image_size)
-    valid = load_split(args.data_dir, "valid", base.image_size, limit_per_class=args.valid_per_class)
+    loaded = load(args)
+    base, lab, valid = loaded.predictor, loaded.lab, loaded.valid
 
     def accuracy(predictor, data, present):
         evaluation = Evaluation.from_scores(data.targets, predictor.score_pixels(data.pixels).probabilities)

@@ -16,13 +16,14 @@ reproduce); ``wbc adapt``'s own recipe is now ``s200zoom``.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
 import json
 import statistics
 import time
 from pathlib import Path
+
+from _lab import lab_parser, load, parse
 
 VARIANTS = {
     "base": dict(steps=60, lr=1e-4, replay=True),
@@ -60,31 +61,21 @@ replay_fraction: the share of each batch replayed from PBC (default a half); hea
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
+    parser = lab_parser(__doc__, valid=False)
     parser.add_argument("--variants", default="base,s200")
-    parser.add_argument("--images", default="../shared/data/other-lab")
-    parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=5)
-    args = parser.parse_args()
-
-    from wbc._process import tune_malloc_and_reexec
-
-    tune_malloc_and_reexec()
+    args = parse(parser)
     import numpy as np
 
     from wbc.classes import CLASS_NAMES
-    from wbc.data import load_folder, load_split
     from wbc.evaluation.reports import Evaluation
-    from wbc.inference import Predictor
-    from wbc.jobs.adapt import REPLAY_PER_CLASS, _split_per_class
+    from wbc.jobs.adapt import _split_per_class
     from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
     from wbc.training.averaging import average_weights
 
-    base = Predictor.load(args.model, runtime="torch")
-    lab = load_folder(args.images, base.image_size)
-    replay = load_split(args.data_dir, "train", base.image_size, limit_per_class=REPLAY_PER_CLASS)
+    loaded = load(args, replay=True)
+    base, lab, replay = loaded.predictor, loaded.lab, loaded.replay
 
     present = np.unique(lab.targets)
 

@@ -28,40 +28,28 @@ and accuracy where there are some.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
 
+from _lab import lab_parser, load, parse
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--images", default="../shared/data/other-lab")
-    parser.add_argument("--data-dir", default="../shared/data")
+    parser = lab_parser(__doc__)
     parser.add_argument("--variants", default="none,adabn,tent20,tent60,self10,self20,self0.9")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--valid-per-class", type=int, default=40)
     parser.add_argument("--held-out", action="store_true", help="adapt on half of the cells, score on the other half")
-    args = parser.parse_args()
-
-    from wbc._process import tune_malloc_and_reexec
-
-    tune_malloc_and_reexec()
+    args = parse(parser)
     import numpy as np
     import torch
 
-    from wbc.data import load_folder, load_split
     from wbc.evaluation.reports import Evaluation
-    from wbc.inference import Predictor
-    from wbc.jobs.adapt import REPLAY_PER_CLASS, _split_per_class
+    from wbc.jobs.adapt import _split_per_class
     from wbc.training.adaptation import batch_norm_layers, fine_tune_few_shot, reestimate_batch_norm
 
-    source = Predictor.load(args.model, runtime="torch")
-    size = source.image_size
-    everything = load_folder(args.images, size)
-    valid = load_split(args.data_dir, "valid", size, limit_per_class=args.valid_per_class)
-    replay = load_split(args.data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS)
+    loaded = load(args, replay=True)
+    source, everything, valid, replay = loaded.predictor, loaded.lab, loaded.valid, loaded.replay
 
     def scored(predictor, pixels, targets):
         return Evaluation.from_scores(targets, predictor.score_pixels(pixels).probabilities)

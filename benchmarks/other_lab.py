@@ -14,26 +14,20 @@ rows are means over the seeds.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
+from _lab import lab_parser, parse
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--images", default="../shared/data/other-lab")
-    parser.add_argument("--data-dir", default="../shared/data")
+    parser = lab_parser(__doc__, valid=False)
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="default: wbc adapt's")
-    args = parser.parse_args()
-
-    from wbc._process import tune_malloc_and_reexec
-
-    tune_malloc_and_reexec()
+    args = parse(parser)
     scratch = tempfile.mkdtemp(prefix="wbc-other-lab-")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
     import mlflow

@@ -13,36 +13,25 @@ colour transfer in CIELAB to the mean and spread of those PBC valid images, and 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 
+from _lab import lab_parser, load, parse
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--images", default="../shared/data/other-lab")
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--valid-per-class", type=int, default=40)
-    args = parser.parse_args()
-
-    from wbc._process import tune_malloc_and_reexec
-
-    tune_malloc_and_reexec()
+    args = parse(lab_parser(__doc__))
     import numpy as np
     import torch
     from skimage.color import lab2rgb, rgb2lab
     from skimage.exposure import match_histograms
 
-    from wbc.data import load_folder, load_split
     from wbc.data.shifts import magnify
     from wbc.evaluation.reports import Evaluation
-    from wbc.inference import Predictor
     from wbc.training.adaptation import reestimate_batch_norm
 
-    predictor = Predictor.load(args.model, runtime="torch")
-    lab = load_folder(args.images, predictor.image_size)
-    valid = load_split(args.data_dir, "valid", predictor.image_size, limit_per_class=args.valid_per_class)
+    loaded = load(args)
+    predictor, lab, valid = loaded.predictor, loaded.lab, loaded.valid
     lab_pixels, valid_pixels = np.array(lab.pixels), np.array(valid.pixels)
 
     def accuracy(model, pixels, targets, tta=False):
