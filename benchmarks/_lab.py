@@ -6,6 +6,7 @@ Imported by the scripts beside it (``python benchmarks/<script>.py`` puts this f
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +27,14 @@ def lab_parser(doc: str, *, valid: bool = True) -> argparse.ArgumentParser:
 
 
 def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parse the command line, then re-execute with wbc's memory-allocator settings (before anything heavy loads)."""
+    """Parse the command line, then re-execute with wbc's memory-allocator settings (before anything heavy loads);
+    into a log, without MLflow's download bar (a line per file of a model), as ``wbc`` does."""
     args = parser.parse_args()
     from wbc._process import tune_malloc_and_reexec
+    from wbc._progress import stderr_is_terminal
 
+    if not stderr_is_terminal():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tune_malloc_and_reexec()
     return args
 
