@@ -16,7 +16,8 @@ DATA_DIR = "../shared/data"
 
 def lab_parser(doc: str, *, valid: bool = True) -> argparse.ArgumentParser:
     """A parser with the model, the lab's labelled folder (``--images``) and PBC's (``--data-dir``); with ``valid``,
-    also ``--valid-per-class``, the first that many PBC ``valid`` images of each class scored beside the lab's."""
+    also ``--valid-per-class``, that many PBC ``valid`` images of each class (a seeded draw; 0 = all) scored beside
+    the lab's."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("model", help="a model: runs:/<id>/model, models:/<name>@<alias> or an exported folder")
     parser.add_argument("--images", default=LAB_IMAGES, help="the lab's cells, <class>/<image> sub-folders")
@@ -46,7 +47,7 @@ class Loaded:
     lab: Any
     """The lab's labelled cells at the model's image size (``wbc.data.load_folder``)."""
     valid: Any
-    """The first ``--valid-per-class`` images of each class of PBC ``valid``; None without ``--valid-per-class``."""
+    """``--valid-per-class`` images of each class of PBC ``valid`` (a seeded draw; 0 = all); None without the option."""
     replay: Any
     """PBC training images to replay in a few-shot fine-tune (``REPLAY_PER_CLASS`` a class); None unless asked."""
 
@@ -63,6 +64,6 @@ def load(args: argparse.Namespace, *, replay: bool = False) -> Loaded:
     return Loaded(
         predictor,
         load_folder(args.images, size),
-        load_split(args.data_dir, "valid", size, limit_per_class=valid_per_class) if valid_per_class else None,
+        load_split(args.data_dir, "valid", size, limit_per_class=valid_per_class) if valid_per_class is not None else None,
         load_split(args.data_dir, "train", size, limit_per_class=REPLAY_PER_CLASS) if replay else None,
     )

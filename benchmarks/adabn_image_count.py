@@ -5,7 +5,7 @@ Usage: python benchmarks/adabn_image_count.py MODEL [--images ../shared/data/oth
 
 For each k, ``--draws`` seeded draws of k of the lab's images re-estimate the model's batch-norm statistics
 (``wbc.training.adaptation.reestimate_batch_norm``, as ``wbc adapt`` does on all of them); the model is then scored on
-all the lab's labelled cells (accuracy among the classes present) and on the first ``--valid-per-class`` images of
+all the lab's labelled cells (accuracy among the classes present) and on ``--valid-per-class`` images (a seeded draw) of
 each class of PBC ``valid``. One JSON line per k: mean and per-draw accuracies.
 """
 

@@ -5,7 +5,7 @@ Usage: python benchmarks/label_free_adaptation.py MODEL [--images ../shared/data
 
 Every variant sees the lab's images without their labels, all of them, and is scored on the same images
 (transductive, as test-time adaptation is): accuracy among the classes present and over the eight (what a lab that
-does not know its classes gets), and on the first ``--valid-per-class`` images of each class of PBC ``valid``.
+does not know its classes gets), and on ``--valid-per-class`` images (a seeded draw) of each class of PBC ``valid``.
 Variants:
 
 - ``none``: the model as given (zero-shot); ``adabn``: batch-norm statistics re-estimated on the lab's images

@@ -3,7 +3,7 @@
 Usage: python benchmarks/zero_shot_test_time.py MODEL [--images ../shared/data/other-lab] [--data-dir ../shared/data]
        [--valid-per-class 40]
 
-Scores the lab's labelled cells (accuracy among the classes present) and the first ``--valid-per-class`` images of
+Scores the lab's labelled cells (accuracy among the classes present) and ``--valid-per-class`` images (a seeded draw) of
 each class of PBC ``valid`` with: one view; the mean of the 8 flips/rotations (TTA); the cells zoomed at test time
 (``wbc.data.shifts.magnify``); batch-norm statistics re-estimated on the lab's images (AdaBN, no labels), with and
 without TTA; and two colour standardisations from scikit-image applied to every image: Reinhard et al. 2001's
