@@ -229,3 +229,17 @@ def test_failed_run_is_marked_failed(synthetic_data, monkeypatch):
         train(tiny_config(synthetic_data, arch="resnet18", mode="transfer"))
     runs = mlflow.search_runs(experiment_names=["wbc"])
     assert list(runs["status"]) == ["FAILED"]
+
+
+@pytest.mark.parametrize("terminal, refresh", [(True, 10), (False, 50)])
+def test_training_progress_refreshes_less_often_in_a_log(synthetic_data, tmp_path, monkeypatch, terminal, refresh):
+    """Lightning's bar writes each refresh as a ``\\r`` line, which a log keeps: every 50 steps there, 10 in a terminal."""
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    import wbc._progress
+    from wbc.training.trainer import make_trainer
+
+    monkeypatch.setattr(wbc._progress, "stderr_is_terminal", lambda: terminal)
+    trainer, _ = make_trainer(tiny_config(synthetic_data, progress=True), tmp_path, None)
+    bars = [callback for callback in trainer.callbacks if isinstance(callback, TQDMProgressBar)]
+    assert len(bars) == 1 and bars[0].refresh_rate == refresh

@@ -10,6 +10,18 @@ LOG_UPDATE_SECONDS = 30
 """In a log, a bar writes at most one update this often (tqdm writes each update as ``\\r``, which a log keeps)."""
 
 
+TERMINAL_REFRESH_STEPS = 10
+LOG_REFRESH_STEPS = 50
+"""Training's progress bar (Lightning's, which refreshes every so many steps) updates every
+:data:`TERMINAL_REFRESH_STEPS` steps in a terminal and every :data:`LOG_REFRESH_STEPS` in a log (about a minute on a slow
+2-core machine)."""
+
+
+def refresh_steps() -> int:
+    """How many training steps between two updates of Lightning's progress bar, for where stderr goes."""
+    return TERMINAL_REFRESH_STEPS if stderr_is_terminal() else LOG_REFRESH_STEPS
+
+
 def stderr_is_terminal() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
 

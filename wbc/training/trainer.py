@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
+from wbc._progress import refresh_steps
 from wbc.errors import WBCError
 from wbc.training.callbacks import AtomicCheckpointIO, EpochMetricsLogger, WeightEMA
 from wbc.training.config import TrainConfig
@@ -45,7 +46,7 @@ def make_trainer(config: TrainConfig, checkpoint_dir: Path, run_id: str | None) 
     if config.ema:
         callbacks.append(WeightEMA(config.ema, start_epoch=config.resolved_head_epochs))
     if config.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(TQDMProgressBar(refresh_rate=refresh_steps()))
     trainer = pl.Trainer(
         plugins=[AtomicCheckpointIO()],
         max_epochs=config.epochs,
