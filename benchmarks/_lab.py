@@ -6,7 +6,6 @@ Imported by the scripts beside it (``python benchmarks/<script>.py`` puts this f
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +31,9 @@ def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     into a log, without MLflow's download bar (a line per file of a model), as ``wbc`` does."""
     args = parser.parse_args()
     from wbc._process import tune_malloc_and_reexec
-    from wbc._progress import stderr_is_terminal
+    from wbc._progress import quiet_downloads_in_logs
 
-    if not stderr_is_terminal():
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_downloads_in_logs()
     tune_malloc_and_reexec()
     return args
 

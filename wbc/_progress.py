@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm.auto import tqdm
@@ -24,6 +25,13 @@ def refresh_steps() -> int:
 
 def stderr_is_terminal() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
+
+
+def quiet_downloads_in_logs() -> None:
+    """Turn MLflow's download bar off (unless the environment sets it) when stderr is not a terminal: in a log it is
+    a line per file of a model (80 with its code)."""
+    if not stderr_is_terminal():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def progress_bar(iterable, **options) -> tqdm:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from wbc import defaults
-from wbc._progress import stderr_is_terminal
+from wbc._progress import quiet_downloads_in_logs
 from wbc.errors import WBCError, server_refusal
 from wbc.inference.onnx import RUNTIMES
 from wbc.training.config import TrainConfig, default_of
@@ -58,8 +57,7 @@ def _user_errors(command):
 def cli(verbose: bool) -> None:
     """White blood cell classification: train, evaluate and serve models, tracked in MLflow."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not stderr_is_terminal():  # in a log, MLflow's download bar is a line per file of a model (80 with its code)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_downloads_in_logs()
 
 
 _tta_option = click.option(
