@@ -82,6 +82,7 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
     for name in ("temperature", "review_threshold", "ood_threshold", "accepted_fraction"):
         assert getattr(served.calibration, name) == pytest.approx(getattr(refit, name), rel=1e-3), name
     assert served.calibration.fitted_on == run.data.params["calibrated_on"]
+    assert source.calibration.tta is not None and served.calibration.tta is None, "no thresholds for TTA it did not fit"
     means = [(a.running_mean, b.running_mean) for a, b in zip(source.model.modules(), served.model.modules())
              if isinstance(a, torch.nn.BatchNorm2d)]
     assert means and all(not torch.allclose(a, b) for a, b in means), "every batch-norm layer took the lab's statistics"
@@ -151,6 +152,8 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
     assert version.tags["adapted_for"] == "lab-b"
     params = mlflow.MlflowClient().get_run(version.run_id).data.params
     assert params["batch_norm_source_weight"] == "0.5" and params["method"] == "AdaBN mixed with PBC's statistics (0.5 of PBC's)"
+    again = invoke("adapt", lab, "--alias", "lab-b", "--data-dir", synthetic_data, "--no-onnx")
+    assert again.exit_code == 0 and f"now models:/wbc-classifier@lab-b (moved from version {version.version})" in again.output
     # the served version carries the mix: half the champion's statistics, half those of the lab's images alone
     source = Predictor.load("models:/wbc-classifier@champion", runtime="torch")
     lab_only = Predictor.load("models:/wbc-classifier@champion", runtime="torch")
@@ -297,3 +300,26 @@ def test_batch_norm_statistics_are_the_labs_or_a_mix_with_the_sources():
         assert torch.allclose(mixed, 0.25 * kept + 0.75 * own, atol=1e-6)
     with pytest.raises(ValueError, match="source_weight=1.5 is invalid"):
         reestimate_batch_norm(build_model("scratch"), pixels, source_weight=1.5)
+
+
+def test_adapt_warns_when_the_adapted_model_is_worse_on_the_lab_or_its_flags_stop_separating():
+    from wbc.evaluation.reports import Evaluation
+    from wbc.jobs.adapt import AdaptResult
+
+    targets = np.array([0, 0, 5, 5])
+    right = np.eye(8)[[0, 0, 5, 5]]
+    wrong = np.eye(8)[[0, 5, 0, 5]]
+    flagged_wrong = Evaluation.from_scores(targets, wrong, np.array([True, False, False, True]), np.zeros(4, bool))
+    flagged_right = Evaluation.from_scores(targets, wrong, np.array([False, True, True, False]), np.zeros(4, bool))
+    good = Evaluation.from_scores(targets, right, np.ones(4, bool), np.zeros(4, bool))
+
+    def result(before, after):
+        return AdaptResult("run", "2", "lab-a", 20, 0, 4, before, after, good, good, "somewhere")
+
+    assert result(flagged_wrong, flagged_wrong).warnings() == []
+    (worse,) = result(good, flagged_wrong).warnings()
+    assert "right on fewer of the lab's cells than the model it came from (0.5000 against 1.0000)" in worse
+    (blind,) = result(flagged_right, flagged_right).warnings()
+    assert "no longer separates wrong answers from right ones" in blind and "100.0 % errors among the unflagged" in blind
+    assert "warning: " + blind in result(flagged_right, flagged_right).summary()
+    assert "moved from" not in result(good, good).summary()

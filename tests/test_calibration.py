@@ -139,9 +139,11 @@ def test_cross_fitted_flags_judge_each_half_by_thresholds_fitted_on_the_other():
 
 def test_calibration_travels_with_the_exported_model(tmp_path):
     model = build_model("scratch")
-    calibration = Calibration(temperature=2.0, review_threshold=0.6, target_error=0.01, ood_threshold=1.5, flag_rate=0.05)
+    tta = Calibration(temperature=1.5, review_threshold=0.7, target_error=0.01, ood_threshold=2.5, flag_rate=0.05)
+    calibration = Calibration(temperature=2.0, review_threshold=0.6, target_error=0.01, ood_threshold=1.5, flag_rate=0.05,
+                              tta=tta)
     folder = export_model(model, 32, tmp_path / "model", calibration, onnx=False)
-    assert load_calibration(folder) == calibration
+    assert load_calibration(folder) == calibration and isinstance(load_calibration(folder).tta, Calibration)
     calibrated = Predictor.load(folder)
     plain = Predictor(build_model("scratch"), 32)
     plain.model.load_state_dict(calibrated.model.state_dict())

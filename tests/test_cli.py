@@ -168,21 +168,37 @@ def test_bad_arguments_give_one_line_errors(args, message, synthetic_data):
     assert "Traceback" not in result.output
 
 
-def test_tta_averages_the_eight_views(model_run, synthetic_data, tmp_path):
+def test_tta_scores_the_mean_logits_of_the_eight_views_with_flags_fitted_on_them(model_run, synthetic_data, tmp_path):
     import torch
 
     from wbc.inference import Predictor, dihedral_views
+    from wbc.inference.calibration import softmax
 
     views = dihedral_views(torch.arange(4.0).view(1, 1, 2, 2))
     assert len({tuple(v.flatten().tolist()) for v in views}) == 8
     plain = Predictor.load(model_run.best_checkpoint)
     averaged = Predictor.load(model_run.best_checkpoint, tta=True)
     pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    expected = sum(plain.predict_pixels(v) for v in dihedral_views(pixels)) / 8
-    assert averaged.predict_pixels(pixels) == pytest.approx(expected, abs=1e-5)
-    result = invoke("evaluate", model_run.best_checkpoint, "--data-dir", synthetic_data, "--tta", "--no-track",
-                    "--output-dir", tmp_path / "tta")
-    assert result.exit_code == 0 and "accuracy" in result.output
+    mean_logits = sum(plain.logits_pixels(v) for v in dihedral_views(pixels.numpy())) / 8
+    assert averaged.logits_pixels(pixels, tta=True) == pytest.approx(mean_logits, abs=1e-5)
+    assert averaged.predict_pixels(pixels) == pytest.approx(softmax(mean_logits), abs=1e-5)
+
+    # the trained model carries thresholds for the mean views, fitted on them: its flags are known with --tta
+    model = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"
+    single, tta = Predictor.load(model), Predictor.load(model, tta=True)
+    assert single.calibration.tta is not None and tta.active_calibration is tta.calibration.tta
+    assert single.active_calibration is single.calibration
+    assert tta.calibration.tta.ood_threshold != single.calibration.ood_threshold
+    scores = tta.score_pixels(pixels)
+    in_distribution, review = tta.flags(scores, pixels)
+    assert list(in_distribution) == list(scores.in_distribution_score >= tta.calibration.tta.ood_threshold)
+    assert None not in list(review)
+    result = invoke("evaluate", model, "--data-dir", synthetic_data, "--tta", "--no-track", "--output-dir", tmp_path / "tta")
+    assert result.exit_code == 0 and "flagged out-of-distribution" in result.output, result.output
+    # a model calibrated before TTA had thresholds: scored with the single views' temperature, flags unknown
+    tta.calibration.tta = None
+    assert tta.temperature == single.calibration.temperature
+    assert set(tta.flags(tta.score_pixels(pixels), pixels)[1]) == {None}
 
 
 def test_compare_logs_one_study_run_with_a_row_per_model(synthetic_data, monkeypatch, tmp_path):

@@ -289,8 +289,8 @@ def shiftbench(model: str, data_dir: str, seed: int, limit_per_class: int, batch
 @_user_errors
 @_downloads_data
 def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float, cache_dir: str | None, int8: bool) -> None:
-    """Fit temperature, review threshold and OOD threshold on valid for training run RUN_ID's model, and
-    log the calibrated model, with its ONNX flavour, in that run (new trainings have both already)."""
+    """Fit temperature, review threshold and OOD threshold on valid for training run RUN_ID's model, for one view and
+    for --tta's 8, and log the calibrated model, with its ONNX flavour, in that run (new trainings have both already)."""
     from mlflow.exceptions import MlflowException
 
     from wbc.jobs.calibrate import calibrate_run
@@ -304,6 +304,8 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
         f"review below confidence {calibration.review_threshold:.4f} ({100 * (1 - calibration.accepted_fraction):.1f} % of valid, "
         + ("no cell accepted" if calibration.accepted_error is None else f"error among the rest {100 * calibration.accepted_error:.2f} %")
         + f"); OOD threshold {calibration.ood_threshold:.3f}"
+        + ("" if calibration.tta is None else f"; with --tta: temperature {calibration.tta.temperature:.3f}, "
+           f"OOD threshold {calibration.tta.ood_threshold:.3f}")
     )
     click.echo(f"logged the calibrated model (ONNX flavour{' and its int8 quantization' if int8 else ''} included) in run {run_id}")
     try:

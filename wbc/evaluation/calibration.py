@@ -207,14 +207,23 @@ def calibrate(
     valid: DecodedImageDataset,
     target_error: float = DEFAULT_TARGET_ERROR,
     flag_rate: float = DEFAULT_FLAG_RATE,
+    *,
+    tta: bool = True,
 ) -> tuple[Calibration, torch.Tensor]:
-    """Fit on ``valid``; return the calibration and the raw logits (N, 8) float32 it was fitted on."""
+    """Fit on ``valid``; return the calibration and the raw single-view logits (N, 8) float32 it was fitted on. With
+    ``tta`` its :attr:`~Calibration.tta` part is fitted the same way on the mean logits of the 8 flips/rotations of
+    each image (8x the compute of the single views)."""
+    targets = torch.from_numpy(valid.targets)
     logits = torch.from_numpy(predictor.logits_pixels(valid.pixels))
-    return fit_calibration(logits, torch.from_numpy(valid.targets), target_error, flag_rate), logits
+    calibration = fit_calibration(logits, targets, target_error, flag_rate)
+    if tta:
+        calibration.tta = fit_calibration(torch.from_numpy(predictor.logits_pixels(valid.pixels, tta=True)), targets,
+                                          target_error, flag_rate)
+    return calibration, logits
 
 
 def calibration_metrics(calibration: Calibration) -> dict[str, float]:
-    """What the run records about its calibration (validation split)."""
+    """What the run records about its calibration (validation split); its ``tta`` part's with the suffix ``_tta``."""
     metrics = {
         "val_ece": calibration.ece_before,
         "val_ece_calibrated": calibration.ece_after,
@@ -224,4 +233,7 @@ def calibration_metrics(calibration: Calibration) -> dict[str, float]:
         "accepted_error": calibration.accepted_error,
         "ood_threshold": calibration.ood_threshold,
     }
+    if calibration.tta is not None:
+        metrics |= {f"{name}_tta": value for name, value in calibration_metrics(calibration.tta).items()
+                    if not name.startswith("val_ece")}
     return {name: value for name, value in metrics.items() if value is not None}

@@ -15,7 +15,7 @@ error rate among the cells the flag takes and leaves. It is far too small to sel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,10 +118,11 @@ def run_shiftbench(
     clean = torch.from_numpy(np.array(valid.pixels))
     targets = valid.targets
     source = "model"
-    if predictor.calibration is None:
-        predictor.calibration, _ = calibrate(predictor, valid)
+    if predictor.active_calibration is None:  # no calibration, or with TTA none fitted on mean views
+        fitted, _ = calibrate(predictor, valid, tta=predictor.tta)
+        predictor.calibration = fitted if predictor.calibration is None else replace(predictor.calibration, tta=fitted.tta)
         source = "fitted here"
-    calibration = predictor.calibration
+    calibration = predictor.active_calibration
     clean_scores = predictor.score_pixels(clean)
     msp_threshold = float(np.quantile(clean_scores.probabilities.max(axis=1), DEFAULT_FLAG_RATE, method="lower"))
 

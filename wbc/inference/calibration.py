@@ -28,6 +28,9 @@ class Calibration:
     ece_after: float | None = None
     accepted_fraction: float | None = None
     accepted_error: float | None = None
+    tta: "Calibration | None" = None
+    """The same numbers fitted on the mean logits of each image's 8 flips/rotations, what a :class:`Predictor` with
+    ``tta`` scores (None where they were not fitted: the flags are then unknown with ``tta``)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,6 +38,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, values: dict) -> "Calibration":
         known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        if known.get("tta") is not None:
+            known["tta"] = cls.from_dict(known["tta"])
         return cls(**known)
 
     def probabilities(self, logits) -> np.ndarray:

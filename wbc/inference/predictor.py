@@ -68,9 +68,10 @@ class Predictor:
 
     ``network`` runs the model instead of PyTorch (an :class:`~wbc.inference.onnx.OnnxNetwork`); ``model`` (the
     PyTorch network) may then be None, and is needed only for Grad-CAM and for adapting the weights.
-    ``tta=True`` averages the probabilities (and in-distribution scores) over the 8 flips/rotations of each image
-    (8x the compute). With a :class:`Calibration` the probabilities are temperature-scaled and each prediction
-    carries the review and in-distribution flags (not with ``tta``: the thresholds were fitted on single views).
+    ``tta=True`` scores the mean logits of the 8 flips/rotations of each image (8x the compute). With a
+    :class:`Calibration` the probabilities are temperature-scaled and each prediction carries the review and
+    in-distribution flags; with ``tta`` those of the calibration's ``tta`` part, fitted on such mean logits (flags
+    unknown where the model has none).
     """
 
     def __init__(
@@ -149,8 +150,23 @@ class Predictor:
         return "onnx-int8" if self.network.path.name == INT8_FILE else "onnx"
 
     @property
+    def active_calibration(self) -> Calibration | None:
+        """The calibration that applies to how this predictor scores: the model's, or with ``tta`` its ``tta`` part."""
+        if self.calibration is None:
+            return None
+        return self.calibration.tta if self.tta else self.calibration
+
+    @property
     def temperature(self) -> float:
-        return self.calibration.temperature if self.calibration else 1.0
+        """The active calibration's temperature; with ``tta`` on a model without a ``tta`` part, its single views'."""
+        calibration = self.active_calibration or self.calibration
+        return calibration.temperature if calibration else 1.0
+
+    def _views_logits(self, batch: np.ndarray, tta: bool) -> np.ndarray:
+        """float32 logits (N, 8) of a contiguous uint8 batch (N, 3, S, S); with ``tta`` the mean over its 8 views."""
+        if not tta:
+            return self._logits(batch)
+        return np.mean([self._logits(view) for view in dihedral_views(batch)], axis=0, dtype=np.float32)
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         """float32 logits (N, 8) for a contiguous uint8 batch (N, 3, S, S)."""
@@ -164,12 +180,7 @@ class Predictor:
             return self._model(images).float().numpy()
 
     def _score(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        views = dihedral_views(batch) if self.tta else [batch]
-        probabilities, scores = 0, 0
-        for view in views:
-            view_probabilities, view_scores = probabilities_and_scores(self._logits(view), self.temperature)
-            probabilities, scores = probabilities + view_probabilities, scores + view_scores
-        return probabilities / len(views), scores / len(views)
+        return probabilities_and_scores(self._views_logits(batch, self.tta), self.temperature)
 
     def _batches(self, images):
         for start in range(0, len(images), self.batch_size):
@@ -184,14 +195,15 @@ class Predictor:
 
     def flags(self, scores: Scores, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(in_distribution, review)`` for decoded uint8 images (N, 3, S, S) scored as ``scores``: object arrays (N,)
-        of True, False or None (unknown: the model has no calibration, or ``tta`` is on, since the thresholds were
-        fitted on single views). A blank field (:func:`~wbc.inference.calibration.is_blank`) is never in distribution,
-        calibrated or not."""
+        of True, False or None (unknown: no :attr:`active_calibration`, as for a model without calibration, or with
+        ``tta`` one without thresholds fitted on mean views). A blank field
+        (:func:`~wbc.inference.calibration.is_blank`) is never in distribution, calibrated or not."""
         unknown = np.full(len(scores.probabilities), None, dtype=object)
         in_distribution, review = unknown.copy(), unknown.copy()
-        if self.calibration is not None and not self.tta:
-            in_distribution[:] = np.asarray(self.calibration.in_distribution(scores.in_distribution_score), bool).tolist()
-            review[:] = np.asarray(self.calibration.needs_review(scores.probabilities.max(axis=1)), bool).tolist()
+        calibration = self.active_calibration
+        if calibration is not None:
+            in_distribution[:] = np.asarray(calibration.in_distribution(scores.in_distribution_score), bool).tolist()
+            review[:] = np.asarray(calibration.needs_review(scores.probabilities.max(axis=1)), bool).tolist()
         if len(in_distribution):
             in_distribution[is_blank(images)] = False
         return in_distribution, review
@@ -200,9 +212,10 @@ class Predictor:
         """Class probabilities (N, 8) for decoded uint8 images (N, 3, S, S)."""
         return self.score_pixels(images).probabilities
 
-    def logits_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Raw logits, float32 (N, 8), one view per image: what calibration is fitted on."""
-        outputs = [self._logits(batch) for batch in self._batches(images)]
+    def logits_pixels(self, images: torch.Tensor | np.ndarray, tta: bool = False) -> np.ndarray:
+        """Raw logits, float32 (N, 8), of one view per image, or with ``tta`` the mean over its 8 flips/rotations
+        (whatever :attr:`tta` says): what calibration is fitted on."""
+        outputs = [self._views_logits(batch, tta) for batch in self._batches(images)]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
 
     def predict_sources(

@@ -14,8 +14,9 @@ threshold and out-of-distribution threshold are refitted on them
 judged by thresholds fitted on the other). Otherwise the temperature and review threshold come from PBC ``valid``
 (refitted there after a fine-tune) and the out-of-distribution threshold from all the lab's images (the share it
 flags becomes ``flag_rate``). It reports accuracy on the lab's (held-out) cells and on PBC ``valid``, before and
-after, and how the flags fall. The run (kind ``adapt``) records the lab's images as its dataset; the model is
-registered as a new version under the lab's alias, never as ``@champion``.
+after, and how the flags fall. An adapted model carries no thresholds for ``tta`` (its flags are unknown there).
+The run (kind ``adapt``) records the lab's images as its dataset; the model is registered as a new version under the
+lab's alias, never as ``@champion``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,26 @@ class AdaptResult:
     """Where the registered model's temperature and thresholds were fitted (its calibration's ``fitted_on``)."""
     source_weight: float = 0.0
     """The share of PBC's batch-norm statistics kept beside the lab's."""
+    previous_version: str | None = None
+    """The version the alias pointed at before (None: a new alias)."""
+
+    def warnings(self) -> list[str]:
+        """What the lab should know before serving the adapted model: it answers the lab's measured cells worse than
+        the model it came from, or its flags there no longer tell wrong answers from right ones."""
+        found = []
+        before, after = self.lab_before, self.lab_after
+        if before is not None and after is not None:
+            if after.present_accuracy < before.present_accuracy:
+                found.append(f"the adapted model is right on fewer of the lab's cells than the model it came from "
+                             f"({after.present_accuracy:.4f} against {before.present_accuracy:.4f}): keep serving that "
+                             "one, or adapt with --labelled-per-class")
+            flags = after.flags
+            if flags is not None and flags.error_flagged is not None and flags.error_unflagged is not None \
+                    and flags.error_unflagged >= flags.error_flagged:
+                found.append(f"its out-of-distribution flag no longer separates wrong answers from right ones on the lab's "
+                             f"cells ({100 * flags.error_unflagged:.1f} % errors among the unflagged, "
+                             f"{100 * flags.error_flagged:.1f} % among the flagged): do not rely on it")
+        return found
 
     def summary(self) -> str:
         """What ``wbc adapt`` prints: before and after, on the lab's cells and on PBC valid."""
@@ -80,8 +101,10 @@ class AdaptResult:
                          "measured; hold some out with a lower --labelled-per-class")
         for name, evaluation in (("before", self.valid_before), ("after", self.valid_after)):
             lines.append(f"PBC valid {name}: accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}")
+        lines += [f"warning: {warning}" for warning in self.warnings()]
         uri = f"models:/{defaults.MODEL_NAME}@{self.alias}"
-        lines.append(f"run {self.run_id}; registered as {defaults.MODEL_NAME} version {self.version}, now {uri}; "
+        moved = f" (moved from version {self.previous_version})" if self.previous_version else ""
+        lines.append(f"run {self.run_id}; registered as {defaults.MODEL_NAME} version {self.version}, now {uri}{moved}; "
                      f"serve it with: wbc app --model {uri}")
         return "\n".join(lines)
 
@@ -159,7 +182,7 @@ def adapt_model(
     lab = load_folder(images, size, cache_dir=cache_dir) if labelled else load_unlabelled(images, size, cache_dir=cache_dir)
     valid = load_split(data_dir, "valid", size, cache_dir=cache_dir)
     if predictor.calibration is None:
-        predictor.calibration, _ = calibrate(predictor, valid)
+        predictor.calibration, _ = calibrate(predictor, valid, tta=False)
     tuning, held_out = _split_per_class(lab.targets, labelled_per_class, seed) if labelled_per_class else ([], None)
     if held_out is not None and len(held_out) == 0:
         log.warning("%s holds at most %d labelled cells per class: all %d will fine-tune and none is left to measure the "
@@ -189,12 +212,12 @@ def adapt_model(
         lab_after = Evaluation.from_scores(measured.targets, predictor.calibration.probabilities(logits), in_distribution, review)
     else:
         if labelled_per_class:
-            predictor.calibration, _ = calibrate(predictor, valid, target_error, flag_rate)  # the network changed
+            predictor.calibration, _ = calibrate(predictor, valid, target_error, flag_rate, tta=False)  # the network changed
         lab_scores = predictor.score_pixels(lab.pixels).in_distribution_score
         fitted_on = (f"{predictor.calibration.fitted_on}; out-of-distribution threshold: the {len(lab)} images of "
                      f"{lab_name}")
         predictor.calibration = replace(predictor.calibration, flag_rate=flag_rate, fitted_on=fitted_on,
-                                        ood_threshold=float(np.quantile(lab_scores, flag_rate, method="lower")))
+                                        ood_threshold=float(np.quantile(lab_scores, flag_rate, method="lower")), tta=None)
         lab_after = _scores(predictor, measured) if measurable else None
     valid_after = _scores(predictor, valid)
 
@@ -221,6 +244,7 @@ def adapt_model(
         export_model(predictor.model, size, export_dir, predictor.calibration, onnx=onnx, check_images=valid.pixels)
         mlflow.log_metrics(export_metrics(export_dir))
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
-    version = register_adapted(run.info.run_id, alias, source=model)
+    version, previous_version = register_adapted(run.info.run_id, alias, source=model)
     return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if measurable else 0,
-                       lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on, source_weight)
+                       lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on, source_weight,
+                       previous_version)

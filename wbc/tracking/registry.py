@@ -335,19 +335,21 @@ def check_lab_alias(alias: str) -> str:
     return alias
 
 
-def register_adapted(run_id: str, alias: str, source: str, model_name: str = DEFAULT_MODEL_NAME) -> str:
+def register_adapted(run_id: str, alias: str, source: str, model_name: str = DEFAULT_MODEL_NAME) -> tuple[str, str | None]:
     """Register the model run ``run_id`` logged as a new version of ``model_name`` and point ``alias`` (a lab's, never
-    one of :data:`RESERVED_ALIASES`) at it; return the version. The version carries no selection metric, so the
-    registry's own ranking (``@champion``) never picks it."""
+    one of :data:`RESERVED_ALIASES`) at it; return the version and the one the alias pointed at before (None: a new
+    alias). The version carries no selection metric, so the registry's own ranking (``@champion``) never picks it."""
     check_lab_alias(alias)
     client = MlflowClient()
     with _registry_lock():
+        previous = None
         try:
-            client.get_registered_model(model_name)
+            registered = client.get_registered_model(model_name)
+            previous = (registered.aliases or {}).get(alias)
         except MlflowException:
             client.create_registered_model(model_name, description="White blood cell classifier (wbc), 8 classes.")
         version = mlflow.register_model(_latest_model_uri(client, run_id) or f"runs:/{run_id}/model", model_name,
                                         tags={"run_id": run_id, "adapted_for": alias, "adapted_from": source})
         client.set_registered_model_alias(model_name, alias, version.version)
-    return str(version.version)
+    return str(version.version), None if previous is None else str(previous)
 
