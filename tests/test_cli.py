@@ -379,7 +379,7 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
         for source in sorted((synthetic_data / "barcelona" / "valid" / folder.lower()).glob("*.jpg")):
             (lab / folder / source.name).write_bytes(source.read_bytes())
     model = model_run.best_checkpoint.rsplit("/checkpoints/", 1)[0] + "/model"
-    result = invoke("evaluate", model, "--images", lab, "--output-dir", tmp_path / "report")
+    result = invoke("evaluate", "--model", model, "--images", lab, "--output-dir", tmp_path / "report")
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(tmp_path / "report" / "predictions.csv")
     assert len(rows) == 12 and set(rows["true"]) == {"monocyte", "basophil", "neutrophil"}
@@ -390,6 +390,11 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
     assert metrics["images_acc_present"] >= metrics["images_acc"]
     assert params["classes_present"] == "basophil,monocyte,neutrophil" and params["images"] == str(lab)
     assert run.info.run_name == f"evaluate {model} on lab-a"
+    assert f"logged as run {run.info.run_id} (experiment wbc)" in result.output
+    refused = invoke("evaluate", model, "--model", "elsewhere", "--images", lab, "--no-track")
+    assert refused.exit_code == 2 and "two models given" in refused.output
+    refused = invoke("evaluate", "models:/wbc-classifier@nosuch", "--images", lab, "--no-track")
+    assert refused.exit_code == 1 and "register one (wbc main, wbc register), or give another model" in refused.output
     flagged = rows["in_distribution"] == False  # noqa: E712
     wrong = rows["true"] != rows["predicted"]
     assert metrics["images_flagged"] == pytest.approx(flagged.mean())
@@ -409,3 +414,7 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
     (lab / "Neutrophils").mkdir()
     result = invoke("evaluate", model, "--images", lab, "--no-track")
     assert result.exit_code == 1 and "Neutrophils: folder is not one of the eight classes" in result.output
+    # a class folder given for the lab's folder, or loose images: said as such
+    result = invoke("evaluate", model, "--images", lab / "Monocyte", "--no-track")
+    assert result.exit_code == 1 and "Monocyte holds 4 image(s) but no class sub-folders" in result.output, result.output
+    assert "it looks like the monocyte folder itself: give the folder above it" in result.output

@@ -61,7 +61,7 @@ def cli(verbose: bool) -> None:
 
 
 _tta_option = click.option(
-    "--tta", is_flag=True, help="Average over the 8 flips/rotations of each image (8x slower)."
+    "--tta", is_flag=True, help="Score the mean logits of the 8 flips/rotations of each image (8x slower), with flags fitted on such means."
 )
 _int8_option = click.option(
     "--int8", is_flag=True, help="Also export the int8 quantization of the ONNX flavour (served with WBC_RUNTIME=onnx-int8)."
@@ -320,6 +320,7 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 
 @cli.command()
 @click.argument("model", default=defaults.CHAMPION_URI)
+@click.option("--model", "model_option", default=None, metavar="MODEL", help="MODEL given as an option, as the other commands take it.")
 @_data_dir_option
 @click.option("--split", default="valid", show_default=True, type=click.Choice(["train", "valid", "test"]))
 @click.option("--images", type=click.Path(), default=None,
@@ -333,12 +334,17 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @_runtime_option
 @_user_errors
 @_downloads_data
-def evaluate(model: str, data_dir: str, split: str, images: str | None, output_dir: str, batch_size: int, track: bool,
-             experiment: str, cache_dir: str | None, tta: bool, runtime: str) -> None:
+def evaluate(model: str, model_option: str | None, data_dir: str, split: str, images: str | None, output_dir: str,
+             batch_size: int, track: bool, experiment: str, cache_dir: str | None, tta: bool, runtime: str) -> None:
     """Score MODEL (checkpoint, exported folder or MLflow model URI; default the champion) on a data split, or on a
     lab's labelled folder (--images: accuracy over the eight classes and over the classes present, and how the flags
     fell); write the reports and one row per image."""
     from wbc.jobs.evaluate import evaluate_model
+
+    if model_option is not None:
+        if model != defaults.CHAMPION_URI and model != model_option:
+            raise click.UsageError(f"two models given: {model} and --model {model_option}; give one")
+        model = model_option
 
     evaluation, files = evaluate_model(
         model, data_dir, split, images=images, output_dir=output_dir, batch_size=batch_size, track=track,
@@ -347,6 +353,10 @@ def evaluate(model: str, data_dir: str, split: str, images: str | None, output_d
     click.echo(f"model: {_model_line(model)}")
     click.echo(evaluation.summary())
     click.echo("wrote " + ", ".join(str(path) for path in files))
+    if track:
+        import mlflow
+
+        click.echo(f"logged as run {mlflow.last_active_run().info.run_id} (experiment {experiment})")
 
 
 @cli.command()

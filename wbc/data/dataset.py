@@ -57,6 +57,13 @@ def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[st
             raise DatasetError(f"{os.path.join(directory, name)}: the same class as {twin}/; merge the two folders")
         folders[name] = CLASS_TO_IDX[name.lower()]
     if not folders:
+        loose = sum(1 for entry in os.scandir(directory) if entry.is_file() and Path(entry.name).suffix.lower() in IMG_EXTENSIONS)
+        if loose:
+            class_name = Path(directory).resolve().name.lower()
+            hint = (f"it looks like the {class_name} folder itself: give the folder above it" if class_name in CLASS_TO_IDX
+                    else "sort them into <class>/ sub-folders")
+            raise DatasetError(f"{directory} holds {loose} image(s) but no class sub-folders: labelled images go in "
+                               f"<class>/<image> ({', '.join(CLASS_NAMES)}); {hint}")
         raise DatasetError(f"{directory} holds no images: no class folders in it (expected <class>/<image>, classes {', '.join(CLASS_NAMES)})")
     return list(CLASS_NAMES), folders
 

@@ -77,6 +77,9 @@ def resolved_model(model: str) -> Iterator[Path]:
             downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=scratch))
         except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
             explained = server_refusal(error) or f"cannot load this model URI ({str(error).splitlines()[0]})"
+            if model.startswith("models:/") and "not found" in explained:
+                explained += ("; register one (wbc main, wbc register), or give another model: a runs:/<id>/model URI "
+                              "or an exported model folder")
             raise ModelLoadError(f"{model}: {explained}") from None
         yield _exported_inside(downloaded)
 
