@@ -271,3 +271,24 @@ def test_with_logins_every_route_but_health_needs_one_and_uploads_leave_no_trace
         stop_process_group(process)
     log = process.log.read_text()
     assert "PATIENT-4711" not in log and cell.name not in log
+
+
+def test_the_page_with_tta_scores_the_mean_of_the_eight_views_with_its_flags(exported_model, synthetic_data, tmp_path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    process = start_http_server([sys.executable, "-m", "wbc", "app", "--model", str(exported_model), "--port", str(port), "--tta"],
+                                f"http://127.0.0.1:{port}/health", env=env, cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        expected = Predictor.load(exported_model, tta=True)
+        info = requests.get(f"{url}/api/model", timeout=30).json()
+        assert info["tta"] is True and info["ood_threshold"] == pytest.approx(expected.calibration.tta.ood_threshold)
+        image = sorted((synthetic_data / "barcelona" / "valid" / "monocyte").glob("*.jpg"))[0]
+        answer = requests.post(f"{url}/api/classify", files={"files": (image.name, image.read_bytes())}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        (cell,) = answer.json()["cells"]
+        (prediction,) = expected.predict_sources([str(image)])
+        assert cell["label"] == prediction.label and cell["top"][0]["probability"] == pytest.approx(prediction.confidence, abs=1e-4)
+        assert cell["in_distribution"] is prediction.in_distribution is not None
+    finally:
+        stop_process_group(process)

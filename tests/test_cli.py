@@ -120,6 +120,19 @@ def test_files_as_cameras_write_them_score_like_their_plain_twins_in_wbc_predict
         assert np.allclose([by_name[sent.name][c] for c in columns], rows[meant.name][columns].astype(float), atol=1e-5), kind
     assert "2 images in one file" in by_name["stack.tif"]["error"] and by_name["stack.tif"]["label"] in ("", None)
 
+    # the request parameter tta scores as wbc predict --tta does, flags included; the next request is one view again
+    from wbc.inference import Predictor
+
+    cells = [pairs["exif"][1], pairs["exif"][0]]
+    frame = pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode() for path in cells]})
+    averaged = model.predict(frame, params={"tta": True})
+    expected = Predictor.load(export_dir, tta=True).predict_sources([str(path) for path in cells])
+    assert np.allclose(averaged[columns].astype(float), [p.probabilities for p in expected], atol=1e-5)
+    assert list(averaged["in_distribution"]) == [p.in_distribution for p in expected] and None not in list(averaged["review"])
+    single = [[by_name[path.name][c] for c in columns] for path in cells]
+    assert not np.allclose(averaged[columns].astype(float), single, atol=1e-6)
+    assert np.allclose(model.predict(frame)[columns].astype(float), single, atol=1e-6)
+
 
 def test_predict_from_checkpoint_matches_export(model_run, synthetic_data, tmp_path):
     files = sorted((synthetic_data / "barcelona" / "valid" / "ig").glob("*.jpg"))

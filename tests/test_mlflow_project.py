@@ -173,6 +173,19 @@ def test_served_predictions_equal_wbc_predict(server, synthetic_data, tmp_path):
     for name in CLASS_NAMES:
         assert served[f"prob_{name}"].to_numpy() == pytest.approx(local[f"prob_{name}"].to_numpy(), abs=1e-5)
 
+    # the request parameter tta: as wbc predict --tta, with its flags
+    response = requests.post(f"{url}/invocations", json=body | {"params": {"tta": True}}, timeout=120)
+    assert response.status_code == 200, response.text
+    averaged = pd.DataFrame(response.json()["predictions"])
+    subprocess.run(
+        [WBC, "predict", *map(str, files), "--model", "models:/wbc-classifier@champion", "--output", str(output), "--tta"],
+        env=_environment(workdir), check=True, capture_output=True, timeout=300,
+    )
+    local = pd.read_csv(output)
+    for name in CLASS_NAMES:
+        assert averaged[f"prob_{name}"].to_numpy() == pytest.approx(local[f"prob_{name}"].to_numpy(), abs=1e-5)
+    assert list(averaged["in_distribution"]) == list(local["in_distribution"]) and averaged["review"].notna().all()
+
     # base64 as MIME encoders (76-character lines) and browsers (a data URL) send it scores the same
     first = files[0].read_bytes()
     forms = [base64.encodebytes(first).decode(), "data:image/jpeg;base64," + _b64(first) + "\n"]

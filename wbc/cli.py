@@ -431,8 +431,9 @@ def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_te
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @_option("--auth-file", envvar="WBC_APP_AUTH_FILE", type=click.Path(dir_okay=False),
          help="Logins file (wbc app-login writes it); needed on any address but loopback. Env: WBC_APP_AUTH_FILE.")
+@_tta_option
 @_user_errors
-def app(model: str, host: str, port: int, auth_file: str | None) -> None:
+def app(model: str, host: str, port: int, auth_file: str | None, tta: bool) -> None:
     """Start the web page: upload cell images or a zip, see labels, confidence, Grad-CAM, flags, the differential count.
     On an address other machines reach, every page but /health needs a login from --auth-file."""
     import uvicorn
@@ -446,7 +447,7 @@ def app(model: str, host: str, port: int, auth_file: str | None) -> None:
                               f"wbc app-login NAME --auth-file FILE, then start with --auth-file FILE (or {AUTH_FILE_VARIABLE}=FILE)")
     logins = read_logins(auth_file) if auth_file else None
     configure_tracking(experiment=None)
-    web_app = create_app(model, logins=logins)
+    web_app = create_app(model, logins=logins, tta=tta)
     click.echo(f"model: {_model_line(model)}")
     click.echo(f"wbc app: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl+C stops it)")
     uvicorn.run(web_app, host=host, port=port, log_level="warning")

@@ -148,13 +148,14 @@ class CellClassifier:
         self.lock = threading.Lock()
 
     def describe(self) -> dict:
-        calibration = self.predictor.calibration
+        calibration = self.predictor.active_calibration
         info = {
             "model": self.model_uri,
             "arch": self.predictor.model.arch,
             "image_size": self.predictor.image_size,
             "classes": list(CLASS_NAMES),
             "calibrated": calibration is not None,
+            "tta": self.predictor.tta,
         }
         if calibration is not None:
             info.update(
@@ -227,11 +228,13 @@ def batch_summary(predictions: list[Prediction]) -> dict:
     }
 
 
-def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH, logins: dict[str, str] | None = None) -> FastAPI:
-    """The page and its API on ``model_uri``. With ``logins`` (``{name: scrypt hash}``, :mod:`wbc.app.auth`) every
+def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH, logins: dict[str, str] | None = None,
+               tta: bool = False) -> FastAPI:
+    """The page and its API on ``model_uri`` (with ``tta``, scoring the mean logits of each image's 8 flips/rotations;
+    Grad-CAM still explains the image as uploaded). With ``logins`` (``{name: scrypt hash}``, :mod:`wbc.app.auth`) every
     route but ``/health`` needs HTTP basic auth. Uploads are held in memory, never spooled to disk, and neither
     they nor their names are logged."""
-    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size, torch_model=True), model_uri)
+    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size, tta=tta, torch_model=True), model_uri)
     MultiPartParser.spool_max_size = MAX_ZIP_BYTES + 1  # starlette spools bigger parts to a temporary file
     login = _login_check(logins)
     app = FastAPI(title="wbc", description="White blood cell classification", version="1")

@@ -7,7 +7,8 @@ PNG file (any size). Output, one row per input row (same index): ``label`` (clas
 ``review`` (true: confidence below the model's review threshold) and ``error`` (empty, or why that
 row could not be scored; its label is then empty). Probabilities are temperature-calibrated and the
 two flags set when the model carries a calibration (:mod:`wbc.inference.calibration`); otherwise the flags are null. A request in which no
-row can be scored is refused with HTTP 400 and the reason.
+row can be scored is refused with HTTP 400 and the reason. The request parameter ``tta`` (MLflow's ``params``,
+default false) scores the mean logits of each image's 8 flips/rotations instead (8x the compute).
 
 Preprocessing is :class:`wbc.inference.Predictor`'s, the same as ``wbc evaluate`` and ``wbc predict``.
 The network runs in ONNX Runtime when the model carries ``model.onnx`` (about twice as fast in the
@@ -24,6 +25,7 @@ ONNX flavour (:func:`pip_requirements`).
 from __future__ import annotations
 
 import base64
+import copy
 import binascii
 import importlib.metadata
 import shutil
@@ -35,7 +37,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from wbc._process import tune_malloc_in_process
 from wbc.data.images import MAX_IMAGE_BYTES
@@ -45,6 +47,9 @@ from wbc.inference.onnx import runtime_from_environment
 from wbc.serving.tables import PROBABILITY_COLUMNS, predictions_frame
 
 IMAGE_COLUMN = "image"
+TTA_PARAM = "tta"
+"""Request parameter: true scores the mean logits of each image's 8 flips/rotations (8x the compute), with the
+flags the model fitted on such means (null where it has none)."""
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
     outputs=Schema(
@@ -57,6 +62,7 @@ SIGNATURE = ModelSignature(
             ColSpec("string", "error", required=False),
         ]
     ),
+    params=ParamSchema([ParamSpec(TTA_PARAM, "boolean", False)]),
 )
 SERVED_PACKAGES = ("mlflow-skinny", "pandas", "numpy", "pillow", "lazy-loader")
 """What every served model's load and predict path imports (beside the standard library and what these pull in)."""
@@ -99,7 +105,11 @@ class WBCImageClassifier(mlflow.pyfunc.PythonModel):
                 INVALID_PARAMETER_VALUE,
             )
         names = [f"row {position}" for position in range(len(model_input))]
-        predictions = self.predictor.predict_received(
+        predictor = self.predictor
+        if (params or {}).get(TTA_PARAM):
+            predictor = copy.copy(predictor)  # this request's, sharing the network: others keep theirs
+            predictor.tta = True
+        predictions = predictor.predict_received(
             [(name, _decode_base64(value, name)) for value, name in zip(model_input[IMAGE_COLUMN], names)]
         )
         if predictions and all(p.error for p in predictions):
