@@ -4,7 +4,7 @@ Usage: python benchmarks/few_shot_recipes.py MODEL [--variants base,s200,...] [-
        [--per-class 10] [--seeds 5]
 
 The protocol of ``wbc adapt`` (``wbc.jobs.adapt``) without its logging: for each seed, ``--per-class`` labelled cells
-of every class are drawn with ``wbc.jobs.adapt._split_per_class`` (the same draw as ``wbc adapt --seed``), batch-norm
+of every class are drawn with ``wbc.jobs.adapt.split_per_class`` (the same draw as ``wbc adapt --seed``), batch-norm
 statistics are re-estimated on all the lab's images (no labels), the network is fine-tuned with
 ``wbc.training.adaptation.fine_tune_few_shot`` and scored on the lab's other cells, among the classes present, with
 one view and with the 8 flips/rotations (TTA). One JSON line per variant: accuracy per seed, mean, minutes, each draw's wrong cells
@@ -70,7 +70,7 @@ def main() -> None:
 
     from wbc.classes import CLASS_NAMES
     from wbc.evaluation.reports import Evaluation
-    from wbc.jobs.adapt import _split_per_class
+    from wbc.jobs.adapt import split_per_class
     from wbc.training.adaptation import fine_tune_few_shot, reestimate_batch_norm
     from wbc.training.averaging import average_weights
 
@@ -93,7 +93,7 @@ def main() -> None:
         settings = VARIANTS[name]
         single, tta, pseudo_counts, wrong, held_out_counts, start = [], [], [], [], collections.Counter(), time.time()
         for seed in range(args.seeds):
-            tuning, held_out = _split_per_class(lab.targets, args.per_class, seed)
+            tuning, held_out = split_per_class(lab.targets, args.per_class, seed)
             held_out_counts.update(Path(lab.paths[i]).name for i in held_out)
             predictor = copy.deepcopy(base)
             if settings.get("adabn", True):

@@ -19,7 +19,7 @@ Variants:
   confidences from the mean of the 8 flips/rotations (TTA).
 
 With ``--held-out``, each seed instead draws half of the lab's cells of each class (``wbc adapt``'s own draw,
-``wbc.jobs.adapt._split_per_class``): the variant adapts on that half, unlabelled, and is scored on the other half,
+``wbc.jobs.adapt.split_per_class``): the variant adapts on that half, unlabelled, and is scored on the other half,
 as a lab's next cells would be.
 
 Variants with random draws run ``--seeds`` times (all of them, with ``--held-out``). One JSON line per variant and seed, with the pseudo-labels' count
@@ -45,7 +45,7 @@ def main() -> None:
     import torch
 
     from wbc.evaluation.reports import Evaluation
-    from wbc.jobs.adapt import _split_per_class
+    from wbc.jobs.adapt import split_per_class
     from wbc.training.adaptation import batch_norm_layers, fine_tune_few_shot, reestimate_batch_norm
 
     loaded = load(args, replay=True)
@@ -101,7 +101,7 @@ def main() -> None:
             started = time.monotonic()
             lab = measured = everything
             if args.held_out:
-                adapting, rest = _split_per_class(everything.targets, len(everything) // (2 * len(set(everything.targets))), seed)
+                adapting, rest = split_per_class(everything.targets, len(everything) // (2 * len(set(everything.targets))), seed)
                 lab, measured = everything.subset(adapting), everything.subset(rest)
             lab_pixels = np.array(lab.pixels)
             predictor = copy.deepcopy(source)

@@ -8,7 +8,10 @@ each class of PBC ``valid`` with: one view; the mean of the 8 flips/rotations (T
 (``wbc.data.shifts.magnify``); batch-norm statistics re-estimated on the lab's images (AdaBN, no labels), with and
 without TTA; and two colour standardisations from scikit-image applied to every image: Reinhard et al. 2001's
 colour transfer in CIELAB to the mean and spread of those PBC valid images, and histogram matching to 16 PBC valid images
-(``skimage.exposure.match_histograms``). One JSON line per variant.
+(``skimage.exposure.match_histograms``); a white balance that scales each image's channels so its background (the 95th
+percentile of each channel) takes PBC's median background colour; and Macenko et al. 2009's stain normalisation
+(``torchstain``, ``pip install torchstain``), on the raw images and after a white balance to a grey 240 background
+(its ``Io``), fitted on 32 of those PBC valid images, with PBC's background given back after. One JSON line per variant.
 """
 
 from __future__ import annotations
@@ -76,6 +79,43 @@ def main() -> None:
 
     report("Reinhard colour transfer to PBC (every image)", reinhard(lab_pixels), reinhard(valid_pixels))
     report("histogram matching to PBC (every image)", matched(lab_pixels), matched(valid_pixels))
+
+    def channels_last(pixels):
+        return pixels.transpose(0, 2, 3, 1)
+
+    def channels_first(images):
+        return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+
+    def background(image):
+        return np.percentile(image.reshape(-1, 3).astype(float), 95, axis=0)
+
+    pbc_background = np.median([background(image) for image in channels_last(valid_pixels)], axis=0)
+
+    def white_balanced(pixels, target=pbc_background):
+        return channels_first([np.clip(np.round(image * (target / np.maximum(background(image), 1))), 0, 255).astype(np.uint8)
+                               for image in channels_last(pixels)])
+
+    report("white balance to PBC's background (every image)", white_balanced(lab_pixels), white_balanced(valid_pixels))
+
+    import torchstain
+
+    grey = np.full(3, 240.0)
+
+    def macenko(pixels, balance):
+        normaliser = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
+        fit_on = valid_pixels[:: max(1, len(valid_pixels) // 32)][:32]
+        normaliser.fit(np.concatenate(list(channels_last(white_balanced(fit_on, grey) if balance else fit_on))))
+        out = []
+        for image in channels_last(white_balanced(pixels, grey) if balance else pixels):
+            try:
+                image = normaliser.normalize(image, stains=False)[0]
+            except (np.linalg.LinAlgError, ValueError, IndexError):  # too few stained pixels: left as it is
+                pass
+            out.append(np.clip(np.round(image * (pbc_background / grey)), 0, 255).astype(np.uint8) if balance else image)
+        return channels_first(out)
+
+    report("Macenko stain normalisation to PBC (torchstain)", macenko(lab_pixels, False), macenko(valid_pixels, False))
+    report("white balance to grey, Macenko, PBC's background", macenko(lab_pixels, True), macenko(valid_pixels, True))
 
 
 if __name__ == "__main__":

@@ -146,12 +146,12 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
 
     result = invoke("adapt", lab, "--alias", "lab-b", "--data-dir", synthetic_data, "--no-onnx")
     assert result.exit_code == 0, result.output
-    assert "adapted on 18 of the lab's images (batch-norm statistics, 0.5 of PBC's kept)" in result.output
+    assert "adapted on 18 of the lab's images (batch-norm statistics (AdaBN), 0.5 of PBC's kept)" in result.output
     assert "lab cells" not in result.output
     version = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-b")
     assert version.tags["adapted_for"] == "lab-b"
     params = mlflow.MlflowClient().get_run(version.run_id).data.params
-    assert params["batch_norm_source_weight"] == "0.5" and params["method"] == "AdaBN mixed with PBC's statistics (0.5 of PBC's)"
+    assert params["batch_norm_source_weight"] == "0.5" and params["method"] == "batch-norm statistics (AdaBN), 0.5 of PBC's kept"
     again = invoke("adapt", lab, "--alias", "lab-b", "--data-dir", synthetic_data, "--no-onnx")
     assert again.exit_code == 0 and f"now models:/wbc-classifier@lab-b (moved from version {version.version})" in again.output
     # the served version carries the mix: half the champion's statistics, half those of the lab's images alone
@@ -175,7 +175,7 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     assert "calibrated on PBC valid; out-of-distribution threshold: the 18 images of lab-c" in result.output, "too few cells left"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-c").run_id)
     params, metrics = run.data.params, run.data.metrics
-    assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"] == "AdaBN + few-shot fine-tuning"
+    assert params["labelled_per_class"] == "3" and params["held_out"] == "9" and params["method"] == "batch-norm statistics (AdaBN) + few-shot fine-tuning"
     assert params["few_shot_augment"] == FEW_SHOT_AUGMENTATION and params["batch_norm_source_weight"] == "0.0"
     assert metrics["lab_after_acc_present"] > metrics["lab_before_acc_present"], "the lab's held-out cells gained"
     source = Predictor.load(f"runs:/{trained.run_id}/model", runtime="torch")

@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "datamodule": ["BarcelonaDataModule"],
         "splits": ["DecodedImageDataset", "load_folder", "load_split", "load_unlabelled"],
         "augmentation": ["train_augmentation"],
-        "dataset": ["BarcelonaDataset", "DatasetError", "LabelledFolder", "image_files"],
+        "dataset": ["BarcelonaDataset", "DatasetError", "LabelledFolder", "NoClassFolders", "image_files"],
         "images": ["ImageDecodeError", "decode_image", "decode_image_array"],
     },
 )

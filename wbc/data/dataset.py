@@ -33,6 +33,11 @@ class DatasetError(WBCError, ValueError):
     """The data on disk is not what the dataset expects; the message names the path."""
 
 
+class NoClassFolders(DatasetError):
+    """A folder read as labelled (``<class>/<image>``) has no class sub-folder: an unlabelled folder, for whoever
+    takes one."""
+
+
 def load_pil_rgb(path: str):
     """ImageFolder loader: any image mode converted to RGB at full resolution."""
     from PIL import Image
@@ -62,9 +67,9 @@ def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[st
             class_name = Path(directory).resolve().name.lower()
             hint = (f"it looks like the {class_name} folder itself: give the folder above it" if class_name in CLASS_TO_IDX
                     else "sort them into <class>/ sub-folders")
-            raise DatasetError(f"{directory} holds {loose} image(s) but no class sub-folders: labelled images go in "
+            raise NoClassFolders(f"{directory} holds {loose} image(s) but no class sub-folders: labelled images go in "
                                f"<class>/<image> ({', '.join(CLASS_NAMES)}); {hint}")
-        raise DatasetError(f"{directory} holds no images: no class folders in it (expected <class>/<image>, classes {', '.join(CLASS_NAMES)})")
+        raise NoClassFolders(f"{directory} holds no images: no class folders in it (expected <class>/<image>, classes {', '.join(CLASS_NAMES)})")
     return list(CLASS_NAMES), folders
 
 

@@ -29,7 +29,7 @@ import mlflow
 import numpy as np
 
 from wbc import defaults
-from wbc.data import BarcelonaDataset, DatasetError, LabelledFolder, image_files, load_folder, load_split, load_unlabelled
+from wbc.data import BarcelonaDataset, DatasetError, LabelledFolder, NoClassFolders, image_files, load_folder, load_split, load_unlabelled
 from wbc.evaluation.calibration import DEFAULT_FLAG_RATE, LAB_FOLDS, calibrate, calibrate_on_lab
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor, export_metrics, export_model
@@ -88,7 +88,7 @@ class AdaptResult:
     def summary(self) -> str:
         """What ``wbc adapt`` prints: before and after, on the lab's cells and on PBC valid."""
         how = f"fine-tuned on {self.tuned} labelled cells, " if self.tuned else ""
-        statistics = f"batch-norm statistics, {self.source_weight:g} of PBC's kept" if self.source_weight else "batch-norm statistics"
+        statistics = batch_norm_method(self.source_weight)
         lines = [f"adapted on {self.images} of the lab's images ({how}{statistics}); calibrated on {self.calibrated_on}"]
         if self.lab_before is not None:
             cells = f"{self.measured} held-out lab cells" if self.tuned else f"{self.measured} lab cells"
@@ -109,6 +109,11 @@ class AdaptResult:
         return "\n".join(lines)
 
 
+def batch_norm_method(source_weight: float) -> str:
+    """How the batch-norm statistics were adapted, in the words the summary and the run's ``method`` param use."""
+    return f"batch-norm statistics (AdaBN), {source_weight:g} of PBC's kept" if source_weight else "batch-norm statistics (AdaBN)"
+
+
 def _scores(predictor: Predictor, dataset) -> Evaluation:
     scores = predictor.score_pixels(dataset.pixels)
     return Evaluation.from_scores(dataset.targets, scores.probabilities, *predictor.flags(scores, dataset.pixels))
@@ -121,8 +126,9 @@ REPLAY_PER_CLASS = 40
 """PBC training images per class replayed while fine-tuning on a lab's cells."""
 
 
-def _split_per_class(targets: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of up to ``per_class`` cells of each class (drawn with ``seed``) and of the rest."""
+def split_per_class(targets: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (int64, sorted) of up to ``per_class`` cells of each class of ``targets`` (class indices (N,)), drawn
+    with ``seed``, and of the rest: ``wbc adapt --labelled-per-class``'s fine-tune and held-out cells."""
     rng = np.random.default_rng(seed)
     tuning = []
     for target in np.unique(targets):
@@ -162,9 +168,7 @@ def adapt_model(
     files = image_files(images)
     try:
         labelled = LabelledFolder(images)
-    except DatasetError as error:
-        if "no class folders" not in str(error):
-            raise
+    except NoClassFolders:
         labelled = None
     count = len(labelled.samples) if labelled is not None else len(files)  # a labelled folder: its class folders only
     if count < MIN_BATCH_NORM_IMAGES:
@@ -183,7 +187,7 @@ def adapt_model(
     valid = load_split(data_dir, "valid", size, cache_dir=cache_dir)
     if predictor.calibration is None:
         predictor.calibration, _ = calibrate(predictor, valid, tta=False)
-    tuning, held_out = _split_per_class(lab.targets, labelled_per_class, seed) if labelled_per_class else ([], None)
+    tuning, held_out = split_per_class(lab.targets, labelled_per_class, seed) if labelled_per_class else ([], None)
     if held_out is not None and len(held_out) == 0:
         log.warning("%s holds at most %d labelled cells per class: all %d will fine-tune and none is left to measure the "
                     "lab's accuracy on; a lower --labelled-per-class holds some out", images,
@@ -221,7 +225,7 @@ def adapt_model(
         lab_after = _scores(predictor, measured) if measurable else None
     valid_after = _scores(predictor, valid)
 
-    statistics = f"AdaBN mixed with PBC's statistics ({source_weight:g} of PBC's)" if source_weight else "AdaBN"
+    statistics = batch_norm_method(source_weight)
     configure_tracking(experiment)
     with mlflow.start_run(run_name=f"adapt to {lab_name} ({alias})", tags=run_tags(**{RUN_KIND_TAG: "adapt"})) as run:
         log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
