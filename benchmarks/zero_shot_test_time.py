@@ -97,7 +97,11 @@ def main() -> None:
 
     report("white balance to PBC's background (every image)", white_balanced(lab_pixels), white_balanced(valid_pixels))
 
-    import torchstain
+    try:
+        import torchstain
+    except ImportError:
+        print(json.dumps({"variant": "Macenko stain normalisation", "skipped": "pip install torchstain"}), flush=True)
+        return
 
     grey = np.full(3, 240.0)
 
