@@ -317,6 +317,8 @@ def test_adapt_warns_when_the_adapted_model_is_worse_on_the_lab_or_its_flags_sto
         return AdaptResult("run", "2", "lab-a", 20, 0, 4, before, after, good, good, "somewhere")
 
     assert result(flagged_wrong, flagged_wrong).warnings() == []
+    assert result(good, Evaluation.from_scores(targets, right, np.array([True, False, True, True]), np.zeros(4, bool))
+                  ).warnings() == [], "no error at all is no reason to doubt the flag"
     (worse,) = result(good, flagged_wrong).warnings()
     assert "right on fewer of the lab's cells than the model it came from (0.5000 against 1.0000)" in worse
     (blind,) = result(flagged_right, flagged_right).warnings()

@@ -1,6 +1,7 @@
 """Temperature scaling, review threshold, the out-of-distribution flag, and the lab-to-lab shifts."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -144,6 +145,9 @@ def test_calibration_travels_with_the_exported_model(tmp_path):
                               tta=tta)
     folder = export_model(model, 32, tmp_path / "model", calibration, onnx=False)
     assert load_calibration(folder) == calibration and isinstance(load_calibration(folder).tta, Calibration)
+    older = export_model(model, 32, tmp_path / "older", replace(calibration, tta=None), onnx=False)
+    with pytest.warns(UserWarning, match="has no thresholds fitted for tta"):
+        assert Predictor.load(older, tta=True).active_calibration is None
     calibrated = Predictor.load(folder)
     plain = Predictor(build_model("scratch"), 32)
     plain.model.load_state_dict(calibrated.model.state_dict())
@@ -233,9 +237,9 @@ def test_robust_augmentation_runs_at_small_sizes():
 
 @pytest.mark.parametrize("calibrated", [False, True], ids=["uncalibrated", "calibration-that-passes-everything"])
 def test_an_image_with_no_cell_is_flagged_whatever_the_calibration(tmp_path, calibrated):
+    from conftest import cell_image
     from PIL import Image
 
-    from conftest import cell_image
     from wbc.inference import Calibration
 
     calibration = Calibration(temperature=1.0, review_threshold=0.0, target_error=0.5, ood_threshold=float("-inf"), flag_rate=0.05)

@@ -234,7 +234,9 @@ def test_compare_logs_one_study_run_with_a_row_per_model(synthetic_data, monkeyp
     assert (done["inference_img_s"] > 0).all() and (done["torch_img_s"] > 0).all() and (done["model_mb"] > 0).all() and (done["total_params"] > 0).all()
     client = mlflow.MlflowClient()
     for run_id in done["run_id"]:  # the inference_img_s column measured the ONNX flavour, which each model has
-        assert client.get_run(run_id).data.metrics["onnx_max_probability_difference"] <= 1e-4
+        metrics = client.get_run(run_id).data.metrics
+        assert metrics["onnx_max_probability_difference"] <= 1e-4
+        assert "temperature" in metrics and "temperature_tta" not in metrics, "the study fits no thresholds for --tta"
 
 
 def test_shiftbench_calibrate_and_register_on_the_robust_metric(synthetic_data, tmp_path):

@@ -419,7 +419,8 @@ def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_te
     from wbc.jobs.compare import STUDY, run_study
 
     config = TrainConfig(data_dir=data_dir, epochs=epochs, image_size=image_size, batch_size=batch_size,
-                           limit_per_class=limit_per_class, output_dir=output_dir, shiftbench=False).validate()
+                           limit_per_class=limit_per_class, output_dir=output_dir, shiftbench=False,
+                           tta_thresholds=False).validate()
     run_id, table = run_study(config, _parse_study(models_text) or STUDY, experiment=experiment)
     click.echo(table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     click.echo(f"study run {run_id} (experiment {experiment}): comparison.csv and comparison.png")

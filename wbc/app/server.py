@@ -149,6 +149,7 @@ class CellClassifier:
 
     def describe(self) -> dict:
         calibration = self.predictor.active_calibration
+        own = self.predictor.calibration
         info = {
             "model": self.model_uri,
             "arch": self.predictor.model.arch,
@@ -156,6 +157,7 @@ class CellClassifier:
             "classes": list(CLASS_NAMES),
             "calibrated": calibration is not None,
             "tta": self.predictor.tta,
+            "tta_without_thresholds": self.predictor.tta and own is not None and calibration is None,
         }
         if calibration is not None:
             info.update(

@@ -134,6 +134,9 @@ class Predictor:
             if image_size is None:
                 image_size = int(load_export_config(resolved)["image_size"])
             calibration = load_calibration(resolved)
+        if tta and calibration is not None and calibration.tta is None:
+            warnings.warn(f"{path} has no thresholds fitted for tta (calibrated before they existed, or adapted to a lab): "
+                          "its flags are not set with tta; wbc calibrate <run id> fits them for a trained model", stacklevel=2)
         return cls(model, image_size, batch_size, tta, calibration=calibration, network=network)
 
     @property

@@ -78,7 +78,7 @@ class AdaptResult:
                              f"({after.present_accuracy:.4f} against {before.present_accuracy:.4f}): keep serving that "
                              "one, or adapt with --labelled-per-class")
             flags = after.flags
-            if flags is not None and flags.error_flagged is not None and flags.error_unflagged is not None \
+            if flags is not None and flags.error_flagged is not None and flags.error_unflagged \
                     and flags.error_unflagged >= flags.error_flagged:
                 found.append(f"its out-of-distribution flag no longer separates wrong answers from right ones on the lab's "
                              f"cells ({100 * flags.error_unflagged:.1f} % errors among the unflagged, "

@@ -265,8 +265,8 @@ def _finish_run(run_id, best_checkpoint, datamodule, train_minutes, config: Trai
     plt.close(figure)
     logged = log_model_run(
         model, image_size, datamodule.datasets["valid"], Path(best_checkpoint).parent.parent / "model",
-        data_dir=config.data_dir, shiftbench=config.shiftbench, onnx=config.onnx, int8=config.int8,
-        cache_dir=config.cache_dir, progress=config.progress,
+        data_dir=config.data_dir, shiftbench=config.shiftbench, tta_thresholds=config.tta_thresholds, onnx=config.onnx,
+        int8=config.int8, cache_dir=config.cache_dir, progress=config.progress,
     )
     evaluation = logged.evaluation
     log.info("run %s: valid accuracy %.4f, macro-F1 %.4f", run_id, evaluation.accuracy, evaluation.macro_f1)

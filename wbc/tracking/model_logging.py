@@ -34,19 +34,20 @@ def log_model_run(
     *,
     data_dir: str,
     shiftbench: bool = True,
+    tta_thresholds: bool = True,
     onnx: bool = True,
     int8: bool = False,
     cache_dir: str | None = None,
     progress: bool = True,
 ) -> LoggedModel:
-    """Into the active run: calibrate on ``valid``, log accuracy / macro-F1 / calibration metrics and the
+    """Into the active run: calibrate on ``valid`` (with ``tta_thresholds``, also the part ``--tta`` uses), log accuracy / macro-F1 / calibration metrics and the
     reports, export the calibrated model to ``export_dir`` (with ``onnx``, also its ONNX flavour, checked on all
     of ``valid``, and with ``int8`` its int8 quantization), run the shifted benchmark on the exported model
     (ONNX Runtime when it has that flavour) and log the model as pyfunc.
 
     The benchmark is always the standard one (seed 0, the whole validation split, whatever ``valid`` holds),
     so the registry's metric compares across runs."""
-    calibration, logits = calibrate(Predictor(model, image_size), valid)
+    calibration, logits = calibrate(Predictor(model, image_size), valid, tta=tta_thresholds)
     evaluation = Evaluation.from_predictions(valid.targets, logits.argmax(dim=1).numpy())
     mlflow.log_metrics({"best_val_acc": evaluation.accuracy, "best_val_f1": evaluation.macro_f1} | calibration_metrics(calibration))
     with tempfile.TemporaryDirectory() as scratch_dir:

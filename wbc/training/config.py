@@ -111,6 +111,8 @@ class TrainConfig:
     cache_dir: str | None = setting(None, "Decoded-image cache.", default_text="$WBC_CACHE_DIR or ~/.cache/wbc")
     shiftbench: bool = setting(True, "After training, score the model on the shifted validation benchmark "
                                "(val_robust_acc, what wbc register selects on).")
+    tta_thresholds: bool = setting(True, "Also fit the calibration --tta uses, on the mean logits of valid's 8 "
+                                   "flips/rotations (8x the scoring of valid).")
     onnx: bool = setting(True, "Export the logged model's ONNX flavour too (served faster by ONNX Runtime); --no-onnx saves "
                          "the export's time for models you will not serve.")
     int8: bool = setting(False, "Also export an int8 quantization of the ONNX flavour (about 1.5x faster on CPU, answers may "
