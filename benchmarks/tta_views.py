@@ -4,7 +4,7 @@ and the flags refitted on the mean views.
 Usage: python benchmarks/tta_views.py MODEL [--images ../shared/data/other-lab] [--data-dir ../shared/data]
        [--valid-per-class 0] [--scales]
 
-Each image's 8 flips/rotations (``wbc.inference.dihedral_views``) are scored once; each subset of views is then
+Each image's 8 flips/rotations are scored once (``Predictor.view_logits_pixels``); each subset of views is then
 scored as the mean of its logits (what ``Predictor(tta=True)`` does, with a calibration fitted on valid's mean logits,
 ``wbc.evaluation.calibration.fit_calibration``, as training and ``wbc calibrate`` fit the ``tta`` part) and as the
 mean of its probabilities (temperature and flag threshold refitted on valid the same way). The out-of-distribution
@@ -36,21 +36,16 @@ def main() -> None:
     from wbc.data.shifts import magnify
     from wbc.evaluation.calibration import fit_calibration
     from wbc.evaluation.reports import Evaluation
-    from wbc.inference import dihedral_views
 
     loaded = load(args)
     predictor, lab, valid = loaded.predictor, loaded.lab, loaded.valid
     lab_targets, valid_targets = np.asarray(lab.targets), np.asarray(valid.targets)
 
-    def view_logits(pixels):
-        """(8, N, 8) logits of each image's 8 views."""
-        return np.stack([predictor.logits_pixels(view) for view in dihedral_views(np.asarray(pixels))])
-
     start = time.perf_counter()
-    valid_views = view_logits(valid.pixels)
+    valid_views = predictor.view_logits_pixels(valid.pixels)
     print(json.dumps({"valid_images": len(valid_targets), "seconds_8_views_valid": round(time.perf_counter() - start, 1)}),
           flush=True)
-    lab_views = view_logits(lab.pixels)
+    lab_views = predictor.view_logits_pixels(lab.pixels)
 
     def line(name, averaged, valid_probabilities, lab_probabilities, lab_in_distribution, valid_in_distribution, temperature):
         present = sorted(set(lab_targets.tolist()))
@@ -89,7 +84,7 @@ def main() -> None:
             pixels = torch.from_numpy(np.asarray(pixels))
             if scale != 1.0:
                 pixels = torch.stack([magnify(image, scale) for image in pixels])
-            return view_logits(pixels.numpy()).mean(axis=0)
+            return predictor.view_logits_pixels(pixels.numpy()).mean(axis=0)
 
         scales = sorted({scale for scale_set in SCALE_SETS for scale in scale_set})
         lab_zoomed = {scale: zoomed_mean(lab.pixels, scale) for scale in scales}

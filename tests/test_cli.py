@@ -194,6 +194,9 @@ def test_tta_scores_the_mean_logits_of_the_eight_views_with_flags_fitted_on_them
     pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     mean_logits = sum(plain.logits_pixels(v) for v in dihedral_views(pixels.numpy())) / 8
     assert averaged.logits_pixels(pixels, tta=True) == pytest.approx(mean_logits, abs=1e-5)
+    views = averaged.view_logits_pixels(pixels)  # one pass for both: view 0 is the image as it is
+    assert views.shape == (8, 3, 8) and np.array_equal(views[0], plain.logits_pixels(pixels))
+    assert np.array_equal(views.mean(axis=0, dtype=np.float32), averaged.logits_pixels(pixels, tta=True))
     assert averaged.predict_pixels(pixels) == pytest.approx(softmax(mean_logits), abs=1e-5)
 
     # the trained model carries thresholds for the mean views, fitted on them: its flags are known with --tta

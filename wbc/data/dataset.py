@@ -49,7 +49,8 @@ def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[st
     """``ImageFolder.find_classes`` for the eight classes: every sub-folder must be one of them, its name matched
     case-insensitively (``Monocyte/`` is monocyte); returns the class names and {folder name: class index}."""
     try:
-        entries = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+        listing = list(os.scandir(directory))
+        entries = sorted(entry.name for entry in listing if entry.is_dir() and not entry.name.startswith("."))
     except OSError as error:
         raise DatasetError(f"{directory}: cannot read folder ({error.strerror or error})") from None
     folders: dict[str, int] = {}
@@ -62,7 +63,7 @@ def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[st
             raise DatasetError(f"{os.path.join(directory, name)}: the same class as {twin}/; merge the two folders")
         folders[name] = CLASS_TO_IDX[name.lower()]
     if not folders:
-        loose = sum(1 for entry in os.scandir(directory) if entry.is_file() and Path(entry.name).suffix.lower() in IMG_EXTENSIONS)
+        loose = sum(1 for entry in listing if entry.is_file() and Path(entry.name).suffix.lower() in IMG_EXTENSIONS)
         if loose:
             class_name = Path(directory).resolve().name.lower()
             hint = (f"it looks like the {class_name} folder itself: give the folder above it" if class_name in CLASS_TO_IDX

@@ -212,13 +212,14 @@ def calibrate(
 ) -> tuple[Calibration, torch.Tensor]:
     """Fit on ``valid``; return the calibration and the raw single-view logits (N, 8) float32 it was fitted on. With
     ``tta`` its :attr:`~Calibration.tta` part is fitted the same way on the mean logits of the 8 flips/rotations of
-    each image (8x the compute of the single views)."""
+    each image (8x the compute of the single views, which are the first of the 8)."""
     targets = torch.from_numpy(valid.targets)
-    logits = torch.from_numpy(predictor.logits_pixels(valid.pixels))
+    views = predictor.view_logits_pixels(valid.pixels) if tta else None
+    logits = torch.from_numpy(views[0] if tta else predictor.logits_pixels(valid.pixels))
     calibration = fit_calibration(logits, targets, target_error, flag_rate)
     if tta:
-        calibration.tta = fit_calibration(torch.from_numpy(predictor.logits_pixels(valid.pixels, tta=True)), targets,
-                                          target_error, flag_rate)
+        calibration.tta = fit_calibration(torch.from_numpy(views.mean(axis=0, dtype=np.float32)), targets, target_error,
+                                          flag_rate)
     return calibration, logits
 
 

@@ -221,6 +221,13 @@ class Predictor:
         outputs = [self._views_logits(batch, tta) for batch in self._batches(images)]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
 
+    def view_logits_pixels(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw logits, float32 (8, N, 8), of each image's 8 flips/rotations in :func:`dihedral_views`' order (view 0 is
+        the image as it is): one pass gives both what :meth:`logits_pixels` gives and, averaged, what it gives with
+        ``tta``."""
+        outputs = [np.stack([self._logits(view) for view in dihedral_views(batch)]) for batch in self._batches(images)]
+        return np.concatenate(outputs, axis=1) if outputs else np.zeros((8, 0, len(CLASS_NAMES)), dtype=np.float32)
+
     def predict_sources(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None = None, keep_pixels: bool = False
     ) -> list[Prediction]:

@@ -25,8 +25,8 @@ ONNX flavour (:func:`pip_requirements`).
 from __future__ import annotations
 
 import base64
-import copy
 import binascii
+import copy
 import importlib.metadata
 import shutil
 import tempfile
