@@ -1,7 +1,7 @@
 """Few-shot recipes for ``wbc adapt --labelled-per-class``: which fine-tuning holds up on a lab's other cells.
 
 Usage: python benchmarks/few_shot_recipes.py MODEL [--variants base,s200,...] [--images ../shared/data/other-lab]
-       [--per-class 10] [--seeds 5]
+       [--per-class 10] [--seeds 5] [--by-smear]
 
 The protocol of ``wbc adapt`` (``wbc.jobs.adapt``) without its logging: for each seed, ``--per-class`` labelled cells
 of every class are drawn with ``wbc.jobs.adapt.split_per_class`` (the same draw as ``wbc adapt --seed``), batch-norm
@@ -10,6 +10,9 @@ statistics are re-estimated on all the lab's images (no labels), the network is 
 one view and with the 8 flips/rotations (TTA). One JSON line per variant: accuracy per seed, mean, minutes, each draw's wrong cells
 (file, true, predicted; one view) and the hard cells (wrong in at least half, and at least 2, of the draws that
 held them out: "wrong/held out").
+With ``--by-smear`` the draw keeps smears apart (:func:`split_by_smear`): the fine-tune's cells and the measured ones
+come from different smears, as a lab's next slides would; the line's ``protocol`` says which. Each line also gives
+the model's accuracy on the same held-out cells before adapting (``before``).
 A variant without ``augment`` fine-tunes with ``standard`` (the recipe before 2026-12-01, so the earlier rows
 reproduce); ``wbc adapt``'s own recipe is now ``s200zoom``.
 """
@@ -60,11 +63,41 @@ with ``wbc.training.averaging.average_weights``); adabn: False keeps PBC's batch
 replay_fraction: the share of each batch replayed from PBC (default a half); head_steps: first that many steps on the head alone at lr 1e-3, then the whole network (LP-FT, Kumar et al. 2022)."""
 
 
+def smear_of(path: str) -> str:
+    """The smear a Raabin-WBC file comes from: its name up to the first ``_`` (``95-8-10-1_12_3.jpg`` -> ``95-8-10-1``;
+    the set's README)."""
+    return Path(path).name.split("_")[0]
+
+
+def split_by_smear(targets, smears, per_class: int, seed: int, min_held_out: int = 5):
+    """Like ``wbc.jobs.adapt.split_per_class``, but grouped: each smear goes whole to one side, drawn at random
+    (each with probability 1/2, redrawn until every class has at least ``per_class`` cells on the fine-tune side and
+    ``min_held_out`` on the other); then ``per_class`` cells of each class are drawn from the fine-tune side, and
+    every cell of the other side is held out (the fine-tune side's leftover cells are neither). Returns (tuning,
+    held_out), int64 indices, sorted. RuntimeError when no draw of 10,000 satisfies the counts."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = np.unique(smears)
+    for _ in range(10_000):
+        tuning_side = np.isin(smears, names[rng.random(len(names)) < 0.5])
+        counts_ok = all((targets[tuning_side] == target).sum() >= per_class
+                        and (targets[~tuning_side] == target).sum() >= min_held_out for target in np.unique(targets))
+        if counts_ok:
+            break
+    else:
+        raise RuntimeError(f"no split of {len(names)} smears gives {per_class} cells a class to tune and {min_held_out} to measure")
+    tuning = [rng.choice(np.flatnonzero(tuning_side & (targets == target)), size=per_class, replace=False)
+              for target in np.unique(targets)]
+    return np.sort(np.concatenate(tuning)).astype(np.int64), np.flatnonzero(~tuning_side).astype(np.int64)
+
+
 def main() -> None:
     parser = lab_parser(__doc__, valid=False)
     parser.add_argument("--variants", default="base,s200")
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--by-smear", action="store_true", help="fine-tune and measure on cells of different smears")
     args = parse(parser)
     import numpy as np
 
@@ -92,8 +125,14 @@ def main() -> None:
     for name in args.variants.split(","):
         settings = VARIANTS[name]
         single, tta, pseudo_counts, wrong, held_out_counts, start = [], [], [], [], collections.Counter(), time.time()
+        before, held_out_sizes = [], []
         for seed in range(args.seeds):
-            tuning, held_out = split_per_class(lab.targets, args.per_class, seed)
+            if args.by_smear:
+                tuning, held_out = split_by_smear(lab.targets, np.array([smear_of(p) for p in lab.paths]), args.per_class, seed)
+            else:
+                tuning, held_out = split_per_class(lab.targets, args.per_class, seed)
+            held_out_sizes.append(len(held_out))
+            before.append(accuracy(base, held_out, False))
             held_out_counts.update(Path(lab.paths[i]).name for i in held_out)
             predictor = copy.deepcopy(base)
             if settings.get("adabn", True):
@@ -134,7 +173,8 @@ def main() -> None:
         wrong_counts = collections.Counter(name for draw in wrong for name, _, _ in draw)
         extra_fields["hard_cells"] = {name: f"{count}/{held_out_counts[name]}" for name, count in wrong_counts.most_common()
                                       if 2 * count >= held_out_counts[name] and count >= 2}
-        print(json.dumps(dict(variant=name, **settings, acc=single, mean=statistics.mean(single), tta=tta,
+        print(json.dumps(dict(variant=name, **settings, protocol="by smear" if args.by_smear else "per class",
+                              held_out=held_out_sizes, before=before, mean_before=statistics.mean(before), acc=single, mean=statistics.mean(single), tta=tta,
                               mean_tta=statistics.mean(tta), wrong=wrong, **extra_fields, minutes=(time.time() - start) / 60)), flush=True)
 
 

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from wbc.classes import CLASS_NAMES
 from wbc.cli import cli
 from wbc.data import load_folder, load_unlabelled
 from wbc.evaluation.calibration import calibrate_on_lab
@@ -31,14 +32,17 @@ def invoke(*args):
     return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
 
 
-def _lab(folder: Path, labelled: bool) -> Path:
-    """Another lab's cells: three classes, darker and bluer than the training images."""
+LAB_TINT = (0.7, 0.75, 0.95)
+
+
+def _lab(folder: Path, labelled: bool, tints: dict[str, tuple] | None = None, per_class: int = 6) -> Path:
+    """Another lab's cells: three classes, darker and bluer than the training images (``tints``: a class's own)."""
     for name in ("monocyte", "lymphocyte", "neutrophil"):
         target = folder / name.capitalize() if labelled else folder
         target.mkdir(parents=True, exist_ok=True)
-        for index in range(6):
+        for index in range(per_class):
             pixels = np.asarray(cell_image(name, 900_000 + index)).astype(np.float32)
-            shifted = np.clip(pixels * [0.7, 0.75, 0.95], 0, 255).astype(np.uint8)
+            shifted = np.clip(pixels * (tints or {}).get(name, LAB_TINT), 0, 255).astype(np.uint8)
             Image.fromarray(shifted).save(target / f"{name}_{index}.png")
     return folder
 
@@ -187,13 +191,18 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)
     assert result.exit_code == 1 and "needs labelled cells" in result.output
 
-    result = invoke("adapt", lab, "--alias", "lab-e", "--labelled-per-class", 6, "--steps", 5, "--data-dir", synthetic_data,
+    assert params["photographed_apart"] == "none" and "photograph" not in result.output
+
+    apart = _lab(tmp_path / "lab-e", labelled=True, tints={"monocyte": (0.8, 0.7, 0.9)})
+    result = invoke("adapt", apart, "--alias", "lab-e", "--labelled-per-class", 6, "--steps", 5, "--data-dir", synthetic_data,
                     "--no-onnx")
     assert result.exit_code == 0, result.output
     assert "fine-tuned on 18 labelled cells" in result.output and "no labelled cells were left to measure on" in result.output
+    assert "warning: in the lab's folder, the background colour alone tells monocyte (6 images, ROC AUC 1.00)" in result.output
     assert "holds at most 6 labelled cells per class: all 18 will fine-tune" in caplog.text, "warned"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-e").run_id)
     assert run.data.params["held_out"] == "0" and "valid_after_acc" in run.data.metrics
+    assert run.data.params["photographed_apart"] == "monocyte (6 images, ROC AUC 1.00)"
     assert not any(name.startswith("lab_") for name in run.data.metrics), "nothing measured on the lab"
 
 
@@ -325,3 +334,23 @@ def test_adapt_warns_when_the_adapted_model_is_worse_on_the_lab_or_its_flags_sto
     assert "no longer separates wrong answers from right ones" in blind and "100.0 % errors among the unflagged" in blind
     assert "warning: " + blind in result(flagged_right, flagged_right).summary()
     assert "moved from" not in result(good, good).summary()
+
+
+@pytest.mark.parametrize("tints, expected", [
+    ({}, []),
+    ({"lymphocyte": (0.85, 0.8, 0.95)}, ["lymphocyte"]),
+    ({"lymphocyte": (0.85, 0.8, 0.95), "neutrophil": (0.85, 0.8, 0.95)}, ["monocyte"]),
+])
+def test_classes_photographed_apart_are_the_ones_whose_background_differs(tmp_path, tints, expected):
+    from wbc.evaluation.acquisition import classes_photographed_apart
+
+    lab = load_folder(_lab(tmp_path / "lab", labelled=True, tints=tints, per_class=10), 32)
+    found = classes_photographed_apart(lab.pixels, lab.targets)
+    assert [apart.name for apart in found] == expected
+    assert all(apart.images == 10 and apart.auc >= 0.9 for apart in found)
+    if expected == ["lymphocyte"]:
+        lymphocyte = CLASS_NAMES.index("lymphocyte")
+        four = np.concatenate([np.flatnonzero(lab.targets != lymphocyte), np.flatnonzero(lab.targets == lymphocyte)[:4]])
+        few = lab.subset(four)
+        assert "lymphocyte" not in [apart.name for apart in classes_photographed_apart(few.pixels, few.targets)], \
+            "a class of 4 images is not tested"
