@@ -1,11 +1,12 @@
 """Zero-shot on another lab's cells: do ensembles or weight averages of trained models hold up better than one?
 
 Usage: python benchmarks/zero_shot_ensembles.py NAME=MODEL NAME=MODEL [NAME=MODEL ...] [--images ../shared/data/other-lab]
-       [--data-dir ../shared/data]
+       [--data-dir ../shared/data] [--tta]
 
 Scores each model, the mean of the class probabilities of every pair and of all of them (an ensemble), and the first
 two models' weights averaged half and half (``wbc.training.averaging.average_weights``; same architecture) on the
-lab's labelled cells (accuracy among the classes present, one view) and on all of PBC ``valid``. One JSON line each,
+lab's labelled cells (accuracy among the classes present, one view; with ``--tta`` each model scores the mean logits of
+the 8 flips/rotations, as ``wbc evaluate --tta``) and on all of PBC ``valid``. One JSON line each,
 and one with how many lab cells each model gets wrong and how many of those the models share.
 """
 
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="NAME=MODEL (a model folder, checkpoint or MLflow URI)")
     parser.add_argument("--images", default="../shared/data/other-lab")
     parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--tta", action="store_true", help="each model scores the mean logits of 8 flips/rotations")
     args = parser.parse_args()
 
     from wbc._process import tune_malloc_and_reexec
@@ -36,13 +38,13 @@ def main() -> None:
     from wbc.training.averaging import average_weights
 
     models = dict(model.split("=", 1) for model in args.models)
-    predictors = {name: Predictor.load(path, runtime="torch") for name, path in models.items()}
+    predictors = {name: Predictor.load(path, runtime="torch", tta=args.tta) for name, path in models.items()}
     size = next(iter(predictors.values())).image_size
     sets = {"other_lab": load_folder(args.images, size), "valid": load_split(args.data_dir, "valid", size)}
     probabilities = {}
 
     def report(name, scored):
-        line = {"model": name}
+        line = {"model": name, "tta": args.tta}
         for set_name, data in sets.items():
             evaluation = Evaluation.from_scores(data.targets, scored[set_name])
             line[set_name] = round(100 * (evaluation.present_accuracy if set_name == "other_lab" else evaluation.accuracy), 2)

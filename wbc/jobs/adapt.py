@@ -80,8 +80,8 @@ class AdaptResult:
             names = ", ".join(map(str, self.photographed_apart))
             found.append(f"in the lab's folder, the background colour alone tells {names} from the other classes: those "
                          "cells look photographed on other slides or with another camera, so a fine-tune can learn the "
-                         "photograph rather than the cell, and accuracy on them is not to be trusted; take every class's "
-                         "cells from the same slides and camera")
+                         "photograph rather than the cell, and the accuracy measured on them says little about the cells; "
+                         "take every class's cells from the same slides and camera")
         before, after = self.lab_before, self.lab_after
         if before is not None and after is not None:
             if after.present_accuracy < before.present_accuracy:
