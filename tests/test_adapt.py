@@ -71,6 +71,7 @@ def test_adapting_to_a_labelled_lab_measures_before_and_after_and_registers_unde
     run = client.get_run(adapted.run_id)
     assert run.data.tags["wbc.kind"] == "adapt" and run.info.run_name == "adapt to lab-a (lab-a)"
     assert run.data.params["image_count"] == "18" and run.data.params["labelled"] == "True"
+    assert run.data.params["photographed_apart"] == "not tested (no fine-tune)"
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["lab-a"]
     for name in ("lab_before_acc_present", "lab_after_acc_present", "valid_before_acc", "valid_after_acc", "lab_after_flagged",
                  "lab_after_error_unflagged", "lab_after_accepted"):
@@ -186,23 +187,31 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     served = Predictor.load("models:/wbc-classifier@lab-c", runtime="torch")
     weights = dict(served.model.named_parameters())
     assert any(not torch.equal(value, weights[name]) for name, value in source.model.named_parameters()), "fine-tuned"
+    assert params["photographed_apart"] == ("none; not tested: lymphocyte (6 images), monocyte (6 images), "
+                                            "neutrophil (6 images)") and "photograph" not in result.output
 
     unlabelled = _lab(tmp_path / "lab-d", labelled=False)
     result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)
     assert result.exit_code == 1 and "needs labelled cells" in result.output
 
-    assert params["photographed_apart"] == "none" and "photograph" not in result.output
-
-    apart = _lab(tmp_path / "lab-e", labelled=True, tints={"monocyte": (0.8, 0.7, 0.9)})
-    result = invoke("adapt", apart, "--alias", "lab-e", "--labelled-per-class", 6, "--steps", 5, "--data-dir", synthetic_data,
+    result = invoke("adapt", lab, "--alias", "lab-e", "--labelled-per-class", 6, "--steps", 5, "--data-dir", synthetic_data,
                     "--no-onnx")
     assert result.exit_code == 0, result.output
     assert "fine-tuned on 18 labelled cells" in result.output and "no labelled cells were left to measure on" in result.output
-    assert "warning: in the lab's folder, the background colour alone tells monocyte (6 images, ROC AUC 1.00)" in result.output
     assert "holds at most 6 labelled cells per class: all 18 will fine-tune" in caplog.text, "warned"
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-e").run_id)
     assert run.data.params["held_out"] == "0" and "valid_after_acc" in run.data.metrics
-    assert run.data.params["photographed_apart"] == "monocyte (6 images, ROC AUC 1.00)"
+
+    apart = _lab(tmp_path / "lab-f", labelled=True, tints={"monocyte": (0.8, 0.7, 0.9)}, per_class=10)
+    result = invoke("adapt", apart, "--alias", "lab-f", "--labelled-per-class", 10, "--steps", 5, "--data-dir", synthetic_data,
+                    "--no-onnx")
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if "background colour" in line)
+    assert warning.startswith("warning: in the lab's folder, the background colour alone (ROC AUC 0.5 = chance) tells "
+                              "monocyte (10 images, ROC AUC 1.00) from the other classes"), warning
+    assert "accuracy measured" not in warning, "no cell was left to measure"
+    run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-f").run_id)
+    assert run.data.params["photographed_apart"] == "monocyte (10 images, ROC AUC 1.00)"
     assert not any(name.startswith("lab_") for name in run.data.metrics), "nothing measured on the lab"
 
 
@@ -336,21 +345,31 @@ def test_adapt_warns_when_the_adapted_model_is_worse_on_the_lab_or_its_flags_sto
     assert "moved from" not in result(good, good).summary()
 
 
-@pytest.mark.parametrize("tints, expected", [
-    ({}, []),
-    ({"lymphocyte": (0.85, 0.8, 0.95)}, ["lymphocyte"]),
-    ({"lymphocyte": (0.85, 0.8, 0.95), "neutrophil": (0.85, 0.8, 0.95)}, ["monocyte"]),
+@pytest.mark.parametrize("tints, counts, expected", [
+    ({}, {}, "none"),
+    ({"lymphocyte": (0.85, 0.8, 0.95)}, {}, "lymphocyte (10 images, ROC AUC 1.00)"),
+    ({"lymphocyte": (0.85, 0.8, 0.95), "neutrophil": (0.85, 0.8, 0.95)}, {}, "monocyte (10 images, ROC AUC 1.00)"),
+    ({"monocyte": (0.85, 0.8, 0.95)}, {"monocyte": 100}, "monocyte (100 images, ROC AUC 1.00)"),
+    ({"lymphocyte": (0.85, 0.8, 0.95)}, {"lymphocyte": 9}, "none; not tested: lymphocyte (9 images)"),
+    ({"lymphocyte": (0.85, 0.8, 0.95)}, {"neutrophil": 0}, "lymphocyte (10 images, ROC AUC 1.00); monocyte (10 images, "
+                                                           "ROC AUC 1.00) (from each other)"),
 ])
-def test_classes_photographed_apart_are_the_ones_whose_background_differs(tmp_path, tints, expected):
-    from wbc.evaluation.acquisition import classes_photographed_apart
+def test_the_classes_photographed_apart_are_the_ones_whose_background_differs(tmp_path, tints, counts, expected):
+    from wbc.evaluation.acquisition import CONFOUND_AUC, background_aucs, background_colours, check_acquisition
 
-    lab = load_folder(_lab(tmp_path / "lab", labelled=True, tints=tints, per_class=10), 32)
-    found = classes_photographed_apart(lab.pixels, lab.targets)
-    assert [apart.name for apart in found] == expected
-    assert all(apart.images == 10 and apart.auc >= 0.9 for apart in found)
-    if expected == ["lymphocyte"]:
-        lymphocyte = CLASS_NAMES.index("lymphocyte")
-        four = np.concatenate([np.flatnonzero(lab.targets != lymphocyte), np.flatnonzero(lab.targets == lymphocyte)[:4]])
-        few = lab.subset(four)
-        assert "lymphocyte" not in [apart.name for apart in classes_photographed_apart(few.pixels, few.targets)], \
-            "a class of 4 images is not tested"
+    folder = _lab(tmp_path / "lab", labelled=True, tints=tints, per_class=100)
+    for name in ("monocyte", "lymphocyte", "neutrophil"):
+        for path in sorted((folder / name.capitalize()).iterdir())[counts.get(name, 10):]:
+            path.unlink()
+        if not counts.get(name, 10):
+            (folder / name.capitalize()).rmdir()
+    lab = load_folder(folder, 32)
+    check = check_acquisition(lab.pixels, lab.targets)
+    assert str(check) == expected
+    if counts.get("monocyte") == 100:
+        aucs = background_aucs(background_colours(lab.pixels), lab.targets)
+        assert min(aucs.values()) >= CONFOUND_AUC, "against a rest that is mostly monocytes, every class looks apart"
+    if not tints:
+        assert max(background_aucs(background_colours(lab.pixels), lab.targets).values()) < CONFOUND_AUC, "one background"
+    with pytest.raises(ValueError, match=r"expected uint8 \(N, 3, H, W\)"):
+        background_colours(lab.pixels.transpose(0, 2, 3, 1))

@@ -23,57 +23,97 @@ from wbc.classes import CLASS_NAMES
 BACKGROUND_PERCENTILE = 95
 CONFOUND_AUC = 0.9
 """A class whose background tells it from the rest with at least this ROC AUC was photographed differently."""
-MIN_CLASS_IMAGES = 5
-"""Classes with fewer images than this (or whose rest has fewer) are not tested."""
+MIN_CLASS_IMAGES = 10
+"""Classes with fewer images than this are not tested: fewer give false warnings on folders whose classes share one
+background (``benchmarks/other_lab_acquisition.py``'s simulation; benchmarks/RESULTS.md)."""
 FOLDS = 5
 
 
 @dataclass(frozen=True)
 class PhotographedApart:
-    """A class the background colour tells apart: its name, its images and the cross-validated ROC AUC (0.5-1)."""
+    """A class the background colour tells apart: its name, its image count and the cross-validated ROC AUC."""
 
     name: str
-    images: int
+    image_count: int
     auc: float
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.images} images, ROC AUC {self.auc:.2f})"
+        return f"{self.name} ({self.image_count} images, ROC AUC {self.auc:.2f})"
+
+
+@dataclass(frozen=True)
+class AcquisitionCheck:
+    """What :func:`check_acquisition` found: the classes photographed apart (``pair``: a folder whose two tested classes
+    differ from each other, neither one the odd one out) and the classes too small to test (name, image count)."""
+
+    apart: tuple[PhotographedApart, ...]
+    untested: tuple[tuple[str, int], ...]
+    pair: bool = False
+
+    def __str__(self) -> str:
+        """The run's ``photographed_apart`` param: ``none``, or the classes; then any not tested."""
+        found = "; ".join(map(str, self.apart)) + (" (from each other)" if self.pair else "") if self.apart else "none"
+        untested = ", ".join(f"{name} ({count} images)" for name, count in self.untested)
+        return found + (f"; not tested: {untested}" if untested else "")
 
 
 def background_colours(pixels: np.ndarray) -> np.ndarray:
     """Each image's background colour: the :data:`BACKGROUND_PERCENTILE` th percentile of each channel.
 
-    ``pixels``: uint8 (N, 3, H, W), as :func:`wbc.data.load_folder` decodes them. Returns float32 (N, 3) in [0, 1]."""
+    ``pixels``: uint8 (N, 3, H, W), as :func:`wbc.data.load_folder` decodes them. Returns float32 (N, 3) in [0, 1].
+    ValueError for another dtype or layout (channels last, say)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"pixels of dtype {pixels.dtype} and shape {pixels.shape}: expected uint8 (N, 3, H, W)")
     flat = pixels.reshape(len(pixels), 3, -1)
     return (np.percentile(flat, BACKGROUND_PERCENTILE, axis=2) / 255).astype(np.float32)
 
 
-def background_aucs(pixels: np.ndarray, targets: np.ndarray, *, seed: int = 0) -> dict[int, tuple[int, float]]:
-    """For each class of ``targets`` (int class indices (N,)) with at least :data:`MIN_CLASS_IMAGES` images, and as
-    many in the rest: (its image count, the cross-validated ROC AUC with which ``pixels``' background colour tells it
-    from the rest, 0-1; 0.5 is chance). See the module for the test."""
+def background_aucs(colours: np.ndarray, targets: np.ndarray) -> dict[int, float]:
+    """For each class of ``targets`` (int class indices (N,)), the cross-validated ROC AUC with which ``colours``
+    (float (N, 3), :func:`background_colours`) tell it from the other classes (see the module; 5 stratified folds,
+    shuffled with a fixed seed). 0.5 is chance, and without any signal cross-validated AUCs fall below it (0.1-0.5 on
+    small synthetic folders). Needs at least :data:`FOLDS` images of the class and of the rest (ValueError)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    colours = background_colours(pixels)
-    classes, counts = np.unique(targets, return_counts=True)
     aucs = {}
-    for target, count in zip(classes.tolist(), counts.tolist()):
-        if min(count, len(targets) - count) < MIN_CLASS_IMAGES:
-            continue
+    for target in np.unique(targets).tolist():
         member = targets == target
-        folds = StratifiedKFold(min(FOLDS, count, len(targets) - count), shuffle=True, random_state=seed)
+        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=0)
         classifier = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced"))
         decision = cross_val_predict(classifier, colours, member, cv=folds, method="decision_function")
-        aucs[target] = (count, float(roc_auc_score(member, decision)))
+        aucs[target] = float(roc_auc_score(member, decision))
     return aucs
 
 
-def classes_photographed_apart(pixels: np.ndarray, targets: np.ndarray, *, seed: int = 0) -> list[PhotographedApart]:
-    """The classes whose :func:`background_aucs` is at least :data:`CONFOUND_AUC` (see the module). Empty for fewer
-    than two classes of :data:`MIN_CLASS_IMAGES` images."""
-    return [PhotographedApart(CLASS_NAMES[target], count, auc)
-            for target, (count, auc) in background_aucs(pixels, targets, seed=seed).items() if auc >= CONFOUND_AUC]
+def check_acquisition(pixels: np.ndarray, targets: np.ndarray, *, min_class_images: int = MIN_CLASS_IMAGES) -> AcquisitionCheck:
+    """The classes of a labelled folder photographed apart from the others (see the module). ``pixels``: uint8
+    (N, 3, H, W); ``targets``: int (N,) indices into :data:`~wbc.classes.CLASS_NAMES`.
+
+    Classes with fewer than ``min_class_images`` images are left out (listed as not tested; ValueError for a
+    ``min_class_images`` under :data:`FOLDS`). Among the rest, the class whose background tells it from the others best
+    is taken out when its AUC reaches :data:`CONFOUND_AUC`, and the others are tested again without it, until none does: one large class photographed apart would otherwise make
+    every class look apart from a rest that is mostly that class. Two classes left that differ are reported together,
+    as a pair. Deterministic."""
+    if min_class_images < FOLDS:
+        raise ValueError(f"min_class_images={min_class_images} is too few: the test needs at least {FOLDS} a class")
+    colours = background_colours(pixels)
+    classes, counts = np.unique(targets, return_counts=True)
+    untested = tuple((CLASS_NAMES[c], int(n)) for c, n in zip(classes.tolist(), counts.tolist()) if n < min_class_images)
+    pool = [c for c, n in zip(classes.tolist(), counts.tolist()) if n >= min_class_images]
+    apart = []
+    while len(pool) >= 2:
+        kept = np.isin(targets, pool)
+        aucs = background_aucs(colours[kept], targets[kept])
+        worst = max(aucs, key=aucs.get)
+        if aucs[worst] < CONFOUND_AUC:
+            break
+        if len(pool) == 2:
+            apart += [PhotographedApart(CLASS_NAMES[c], int((targets == c).sum()), aucs[c]) for c in pool]
+            return AcquisitionCheck(tuple(apart), untested, pair=len(apart) == 2)
+        apart.append(PhotographedApart(CLASS_NAMES[worst], int((targets == worst).sum()), aucs[worst]))
+        pool.remove(worst)
+    return AcquisitionCheck(tuple(apart), untested)

@@ -30,7 +30,7 @@ import numpy as np
 
 from wbc import defaults
 from wbc.data import BarcelonaDataset, DatasetError, LabelledFolder, NoClassFolders, image_files, load_folder, load_split, load_unlabelled
-from wbc.evaluation.acquisition import PhotographedApart, classes_photographed_apart
+from wbc.evaluation.acquisition import AcquisitionCheck, check_acquisition
 from wbc.evaluation.calibration import DEFAULT_FLAG_RATE, LAB_FOLDS, calibrate, calibrate_on_lab
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor, export_metrics, export_model
@@ -67,21 +67,23 @@ class AdaptResult:
     """The share of PBC's batch-norm statistics kept beside the lab's."""
     previous_version: str | None = None
     """The version the alias pointed at before (None: a new alias)."""
-    photographed_apart: tuple[PhotographedApart, ...] = ()
-    """With a fine-tune, classes of the lab's labelled folder that its background colour alone tells from the rest
-    (:mod:`wbc.evaluation.acquisition`)."""
+    acquisition: AcquisitionCheck | None = None
+    """With a fine-tune, the classes of the lab's labelled folder that their background colour alone tells from the
+    rest (:mod:`wbc.evaluation.acquisition`); None without one."""
 
     def warnings(self) -> list[str]:
         """What the lab should know before serving the adapted model: it answers the lab's measured cells worse than
         the model it came from, or its flags there no longer tell wrong answers from right ones, or some of its
         classes were photographed apart from the others."""
         found = []
-        if self.photographed_apart:
-            names = ", ".join(map(str, self.photographed_apart))
-            found.append(f"in the lab's folder, the background colour alone tells {names} from the other classes: those "
-                         "cells look photographed on other slides or with another camera, so a fine-tune can learn the "
-                         "photograph rather than the cell, and the accuracy measured on them says little about the cells; "
-                         "take every class's cells from the same slides and camera")
+        if self.acquisition is not None and self.acquisition.apart:
+            names = ", ".join(map(str, self.acquisition.apart))
+            told = ("tells apart " + " and ".join(map(str, self.acquisition.apart)) if self.acquisition.pair
+                    else f"tells {names} from the other classes")
+            measured = "; the accuracy measured on them says little about the cells" if self.measured else ""
+            found.append(f"in the lab's folder, the background colour alone (ROC AUC 0.5 = chance) {told}: those cells "
+                         "were likely photographed on other slides, days or cameras, so a fine-tune can learn the photograph "
+                         f"rather than the cell{measured}. Label cells of every class on each of those sources")
         before, after = self.lab_before, self.lab_after
         if before is not None and after is not None:
             if after.present_accuracy < before.present_accuracy:
@@ -207,7 +209,7 @@ def adapt_model(
     lab_name = Path(images).resolve().name
     measurable = labelled is not None and len(measured) > 0
     lab_before = _scores(predictor, measured) if measurable else None
-    photographed_apart = tuple(classes_photographed_apart(lab.pixels, lab.targets, seed=seed)) if labelled_per_class else ()
+    acquisition = check_acquisition(lab.pixels, lab.targets) if labelled_per_class else None
     valid_before = _scores(predictor, valid)
 
     reestimate_batch_norm(predictor.model, lab.pixels, source_weight=source_weight)
@@ -248,7 +250,7 @@ def adapt_model(
                          "batch_norm_source_weight": source_weight,
                          "calibrated_on": predictor.calibration.fitted_on,
                          "flag_rate": flag_rate, "arch": predictor.model.arch, "image_size": size,
-                         "photographed_apart": "; ".join(map(str, photographed_apart)) or "none",
+                         "photographed_apart": str(acquisition) if acquisition is not None else "not tested (no fine-tune)",
                          "data_dir": str(Path(data_dir).resolve())})
         log_image_dataset(lab.paths, lab.targets, images, lab_name, "adaptation")
         metrics = {}
@@ -264,4 +266,4 @@ def adapt_model(
     version, previous_version = register_adapted(run.info.run_id, alias, source=model)
     return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if measurable else 0,
                        lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on, source_weight,
-                       previous_version, photographed_apart)
+                       previous_version, acquisition)
