@@ -14,7 +14,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from wbc.classes import CLASS_NAMES
 from wbc.cli import cli
 from wbc.data import load_folder, load_unlabelled
 from wbc.evaluation.calibration import calibrate_on_lab
