@@ -5,7 +5,8 @@
   fine-tune's augmentation of a lab's cells (:data:`wbc.training.recipes.FEW_SHOT_AUGMENTATION`);
 - ``robust``: + the lab-to-lab shifts of :mod:`wbc.data.shifts` now and then;
 - ``stain``: + strong stain and colour jitter (HED, hue, saturation, contrast, gamma, greyscale), zoom and blur:
-  the variant that held up best on another lab's cells (benchmarks/RESULTS.md, "Other labs").
+  the variant that held up best on another lab's cells (benchmarks/RESULTS.md, "Other labs");
+- ``stain-randconv``: ``stain``, then random convolutions (:class:`RandomConvolution`) on half the images.
 """
 
 from __future__ import annotations
@@ -63,6 +64,31 @@ class RandomZoom(torch.nn.Module):
         return magnify(image, log_uniform(self.low, self.high))
 
 
+class RandomConvolution(torch.nn.Module):
+    """With probability ``p``, RandConv (Xu et al. 2021, "Robust and generalizable visual representation learning via
+    random convolutions", ICLR): a 3-to-3-channel convolution with random weights (kernel size drawn from
+    ``kernel_sizes``, weights N(0, 1 / (3 k^2)), zero padding), its output standardised to the image's own mean and
+    spread per channel, mixed with the image at a share drawn from U(0, 1). It keeps shapes and scrambles colour and
+    local texture, the cues that differ between labs. uint8 (3, S, S) in and out."""
+
+    def __init__(self, p: float = 0.5, kernel_sizes: tuple[int, ...] = (1, 3, 5, 7)) -> None:
+        super().__init__()
+        self.p, self.kernel_sizes = p, kernel_sizes
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return image
+        size = self.kernel_sizes[int(torch.randint(len(self.kernel_sizes), ()))]
+        weight = torch.randn(3, 3, size, size) / (3 * size * size) ** 0.5
+        x = image.float().unsqueeze(0) / 255
+        y = torch.nn.functional.conv2d(x, weight, padding=size // 2)
+        y = (y - y.mean(dim=(2, 3), keepdim=True)) / (y.std(dim=(2, 3), keepdim=True) + 1e-6)
+        y = y * x.std(dim=(2, 3), keepdim=True) + x.mean(dim=(2, 3), keepdim=True)
+        share = torch.rand(())
+        mixed = share * x + (1 - share) * y
+        return (mixed.clamp(0, 1) * 255).round().to(torch.uint8).squeeze(0)
+
+
 STAIN_ZOOM = {"low": 0.7, "high": 1.5, "p": 0.7}
 """The zoom of the ``stain`` and ``zoom`` augmentations: 0.7-1.5x on 70 % of images (the GPU sweep's ``zoom``
 setting)."""
@@ -88,8 +114,9 @@ def train_augmentation(kind: str = DEFAULT_AUGMENTATION) -> v2.Compose | None:
         raise ValueError(f"unknown augmentation {kind!r}: choose one of {', '.join(AUGMENTATIONS)}")
     if kind == "none":
         return None
-    if kind == "stain":
-        return v2.Compose([*stain_augmentation(), v2.RandomHorizontalFlip(), RandomRot90()])
+    if kind in ("stain", "stain-randconv"):
+        randconv = [RandomConvolution()] if kind == "stain-randconv" else []
+        return v2.Compose([*stain_augmentation(), *randconv, v2.RandomHorizontalFlip(), RandomRot90()])
     shifts = []
     if kind == "robust":
         shifts = robust_augmentation()

@@ -1,6 +1,6 @@
 """The data settings a user picks, as plain values: the command line lists them without importing Lightning."""
 
-AUGMENTATIONS = ("none", "standard", "zoom", "robust", "stain")
+AUGMENTATIONS = ("none", "standard", "zoom", "robust", "stain", "stain-randconv")
 """Training augmentation (:func:`wbc.data.augmentation.train_augmentation`)."""
 DEFAULT_AUGMENTATION = "standard"
 SAMPLINGS = ("shuffle", "balanced")

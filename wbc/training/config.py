@@ -81,7 +81,8 @@ class TrainConfig:
                               low=0, high=1024, resumable=True, default_text="the model's own")
     augment: str = setting(DEFAULT_AUGMENTATION, "standard: flips, rotations, light colour jitter; zoom: + the cell zoomed "
                            "0.7-1.5x; robust: + zoom, stain, light, blur, resolution and JPEG shifts; stain: strong stain and "
-                           "colour jitter with zoom (0.7-1.5x) and blur (holds up best on other labs' cells); none.",
+                           "colour jitter with zoom (0.7-1.5x) and blur (holds up best on other labs' cells); stain-randconv: stain, "
+                           "then random convolutions on half the images (RandConv); none.",
                            choices=AUGMENTATIONS, resumable=True)
     sampling: str = setting(DEFAULT_SAMPLING, "shuffle: each image once per epoch; balanced: each class equally often (drawn "
                             "with replacement).", choices=SAMPLINGS, resumable=True)
