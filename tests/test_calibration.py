@@ -194,6 +194,24 @@ def test_stain_augmentation_keeps_the_format_and_changes_the_colour():
     assert len({tuple(o[:, 24, 24].tolist()) for o in outputs}) > 30, "the cell's colour varies"
 
 
+def test_random_convolution_keeps_the_cell_where_it_is_and_scrambles_its_colour():
+    from wbc.data.augmentation import RandomConvolution
+
+    torch.manual_seed(0)
+    image = torch.full((3, 48, 48), 210, dtype=torch.uint8)
+    image[:, 16:32, 16:32] = torch.tensor([90, 40, 120], dtype=torch.uint8).view(3, 1, 1)
+    convolve = RandomConvolution(p=1.0)
+    outputs = [convolve(image) for _ in range(40)]
+    assert all(o.shape == image.shape and o.dtype == torch.uint8 for o in outputs)
+    assert len({tuple(o[:, 24, 24].tolist()) for o in outputs}) > 30, "the cell's colour varies"
+    inside, outside = torch.zeros(48, 48, dtype=torch.bool), torch.zeros(48, 48, dtype=torch.bool)
+    inside[19:29, 19:29], outside[:10, :10] = True, True
+    differs = [(o.float()[:, inside].mean(1) - o.float()[:, outside].mean(1)).abs().max() > 10 for o in outputs]
+    assert sum(differs) >= 36, "the cell still stands out from the background: its shape survives"
+    assert torch.equal(RandomConvolution(p=0.0)(image), image)
+    assert sum(not torch.equal(o, image) for o in (train_augmentation("stain-randconv")(image) for _ in range(10))) == 10
+
+
 def test_random_zoom_scales_the_cell_within_its_range():
     from wbc.data.augmentation import STAIN_ZOOM, RandomZoom
 
