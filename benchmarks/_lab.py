@@ -38,6 +38,15 @@ def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
+def present_guesses(scores, targets):
+    """Each cell's class (int (N,)) when the model may only answer one of the classes ``targets`` holds: the argmax of
+    ``scores`` (logits or probabilities, (N, 8)) over those classes, as ``Evaluation.present_accuracy`` scores a lab."""
+    import numpy as np
+
+    present = np.unique(targets)
+    return present[np.asarray(scores)[:, present].argmax(axis=1)]
+
+
 @dataclass
 class Loaded:
     predictor: Any

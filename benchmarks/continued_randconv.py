@@ -20,7 +20,8 @@ import copy
 import json
 import time
 
-from _lab import lab_parser, load, parse
+from _lab import lab_parser, load, parse, present_guesses
+
 
 def main() -> None:
     parser = lab_parser(__doc__)
@@ -36,14 +37,13 @@ def main() -> None:
     loaded = load(args)
     base, lab, valid = loaded.predictor, loaded.lab, loaded.valid
     train = load_split(args.data_dir, "train", base.image_size)
-    present = np.unique(lab.targets)
     basophil = lab.targets == 0
 
     def scores(predictor):
         views = predictor.view_logits_pixels(lab.pixels)
         line = {}
         for name, logits in (("one_view", views[0]), ("tta", views.mean(axis=0))):
-            right = present[logits[:, present].argmax(axis=1)] == lab.targets
+            right = present_guesses(logits, lab.targets) == lab.targets
             line[f"lab_{name}"] = round(100 * float(right.mean()), 1)
             line[f"lab_four_{name}"] = round(100 * float(right[~basophil].mean()), 1)
         valid_logits = np.asarray(predictor.logits_pixels(valid.pixels))

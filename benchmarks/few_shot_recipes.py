@@ -111,6 +111,7 @@ def main() -> None:
     base, lab, replay = loaded.predictor, loaded.lab, loaded.replay
 
     present = np.unique(lab.targets)
+    smears = np.array([smear_of(path) for path in lab.paths]) if args.by_smear else None
 
     def accuracy(predictor, indices, tta, wrong=None):
         predictor.tta = tta
@@ -128,7 +129,7 @@ def main() -> None:
         before, held_out_sizes = [], []
         for seed in range(args.seeds):
             if args.by_smear:
-                tuning, held_out = split_by_smear(lab.targets, np.array([smear_of(p) for p in lab.paths]), args.per_class, seed)
+                tuning, held_out = split_by_smear(lab.targets, smears, args.per_class, seed)
             else:
                 tuning, held_out = split_per_class(lab.targets, args.per_class, seed)
             held_out_sizes.append(len(held_out))

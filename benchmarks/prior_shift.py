@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from _lab import lab_parser, load, parse
+from _lab import lab_parser, load, parse, present_guesses
 
 
 def main() -> None:
@@ -34,11 +34,10 @@ def main() -> None:
     predictor, lab, valid = loaded.predictor, loaded.lab, loaded.valid
     counts = np.bincount([target for _, target in BarcelonaDataset(args.data_dir, "train").samples], minlength=len(CLASS_NAMES))
     train_prior = counts / counts.sum()
-    present = np.unique(lab.targets)
     lab_views, valid_views = predictor.view_logits_pixels(lab.pixels), predictor.view_logits_pixels(valid.pixels)
 
     def lab_accuracy(probabilities):
-        return round(100 * float((present[probabilities[:, present].argmax(axis=1)] == lab.targets).mean()), 2)
+        return round(100 * float((present_guesses(probabilities, lab.targets) == lab.targets).mean()), 2)
 
     def valid_accuracy(probabilities):
         return round(100 * float((probabilities.argmax(axis=1) == valid.targets).mean()), 2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from _lab import lab_parser, load, parse
+from _lab import lab_parser, load, parse, present_guesses
 
 HUE_TURNS = (-0.12, -0.09, -0.06, -0.04, -0.02, 0.0, 0.02, 0.04, 0.06)
 SHARPNESS = (1.0, 1.5, 2.0, 3.0, 5.0)
@@ -36,7 +36,7 @@ def main() -> None:
     lab_pixels, valid_pixels = torch.from_numpy(np.array(lab.pixels)), torch.from_numpy(np.array(valid.pixels))
 
     def scores(logits):
-        guesses = present[logits[:, present].argmax(axis=1)]
+        guesses = present_guesses(logits, lab.targets)
         per_class = {CLASS_NAMES[c]: round(100 * float((guesses[lab.targets == c] == c).mean())) for c in present}
         return round(100 * float((guesses == lab.targets).mean()), 1), per_class
 

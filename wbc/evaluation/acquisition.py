@@ -102,8 +102,9 @@ def check_acquisition(pixels: np.ndarray, targets: np.ndarray, *, min_class_imag
         raise ValueError(f"min_class_images={min_class_images} is too few: the test needs at least {FOLDS} a class")
     colours = background_colours(pixels)
     classes, counts = np.unique(targets, return_counts=True)
-    untested = tuple((CLASS_NAMES[c], int(n)) for c, n in zip(classes.tolist(), counts.tolist()) if n < min_class_images)
-    pool = [c for c, n in zip(classes.tolist(), counts.tolist()) if n >= min_class_images]
+    counts = dict(zip(classes.tolist(), counts.tolist()))
+    untested = tuple((CLASS_NAMES[c], n) for c, n in counts.items() if n < min_class_images)
+    pool = [c for c, n in counts.items() if n >= min_class_images]
     apart = []
     while len(pool) >= 2:
         kept = np.isin(targets, pool)
@@ -112,8 +113,8 @@ def check_acquisition(pixels: np.ndarray, targets: np.ndarray, *, min_class_imag
         if aucs[worst] < CONFOUND_AUC:
             break
         if len(pool) == 2:
-            apart += [PhotographedApart(CLASS_NAMES[c], int((targets == c).sum()), aucs[c]) for c in pool]
+            apart += [PhotographedApart(CLASS_NAMES[c], counts[c], aucs[c]) for c in pool]
             return AcquisitionCheck(tuple(apart), untested, pair=len(apart) == 2)
-        apart.append(PhotographedApart(CLASS_NAMES[worst], int((targets == worst).sum()), aucs[worst]))
+        apart.append(PhotographedApart(CLASS_NAMES[worst], counts[worst], aucs[worst]))
         pool.remove(worst)
     return AcquisitionCheck(tuple(apart), untested)
