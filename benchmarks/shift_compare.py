@@ -28,7 +28,7 @@ def main(arguments: list[str]) -> None:
         tables = {label: load(run_id, f"{folder}/{index}") for index, (label, run_id) in enumerate(pairs)}
     first = next(iter(tables.values()))
     for column, title in (("accuracy", "accuracy %"), ("flagged", "flagged out-of-distribution %")):
-        print(f"| shift | severity | strength | " + " | ".join(f"{label} {title}" for label in tables) + " |")
+        print("| shift | severity | strength | " + " | ".join(f"{label} {title}" for label in tables) + " |")
         print("|---|---|---|" + "---|" * len(tables))
         for index, row in first.iterrows():
             values = " | ".join(f"{100 * table.loc[index, column]:.1f}" for table in tables.values())

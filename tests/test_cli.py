@@ -58,7 +58,7 @@ def test_predict_writes_csv_prints_differential_count_and_lists_bad_files(model_
     unlike = good[good["in_distribution"].astype(str) == "False"]
     counted = sum(int(line.split()[1]) for line in result.output.splitlines()[1:9])
     assert counted == 6 - len(unlike)
-    assert all(f"not counted, unfamiliar to the model" in result.output and name in result.output for name in unlike["file"])
+    assert all("not counted, unfamiliar to the model" in result.output and name in result.output for name in unlike["file"])
     assert f"{len(unlike)} out of distribution" in result.output
 
 
