@@ -95,9 +95,9 @@ def check_acquisition(pixels: np.ndarray, targets: np.ndarray, *, min_class_imag
 
     Classes with fewer than ``min_class_images`` images are left out (listed as not tested; ValueError for a
     ``min_class_images`` under :data:`FOLDS`). Among the rest, the class whose background tells it from the others best
-    is taken out when its AUC reaches :data:`CONFOUND_AUC`, and the others are tested again without it, until none does: one large class photographed apart would otherwise make
-    every class look apart from a rest that is mostly that class. Two classes left that differ are reported together,
-    as a pair. Deterministic."""
+    is taken out when its AUC reaches :data:`CONFOUND_AUC`, and the others are tested again without it, until none
+    does: one large class photographed apart would otherwise make every class look apart from a rest that is mostly
+    that class. Two classes left that differ are reported together, as a pair. Deterministic."""
     if min_class_images < FOLDS:
         raise ValueError(f"min_class_images={min_class_images} is too few: the test needs at least {FOLDS} a class")
     colours = background_colours(pixels)
