@@ -16,7 +16,15 @@ Variants:
   class it predicts (at most, and only those with calibrated confidence >= 0.5) fine-tune it as ``wbc adapt``'s
   labelled recipe does (``fine_tune_few_shot``, 200 steps, half PBC replay, zoom), class-balanced like the labelled
   draw; ``self0.9``: every cell with confidence >= 0.9 instead; ``selfttaK``: as ``selfK`` with pseudo-labels and
-  confidences from the mean of the 8 flips/rotations (TTA).
+  confidences from the mean of the 8 flips/rotations (TTA);
+- ``recolourN``: after AdaBN (``--recolour-source-weight`` of PBC's statistics kept), N steps of ``wbc adapt``'s fine-tune (``fine_tune_few_shot``, half PBC replay, zoom) on
+  ``--recolour-per-class`` PBC training images of each class, with their own labels, each recoloured to the lab's
+  look: its CIELAB mean and spread matched to those of a lab image drawn at random (Reinhard et al. 2001, with
+  scikit-image's colour conversions; two copies, two draws). The lab lends only its colours, never labels.
+  ``recolourkN``: the same, region by region: each image's pixels fall in three k-means clusters of CIELAB colour
+  (scikit-learn), ranked dark to light (nucleus, then cytoplasm and red cells, then background), and each cluster's
+  mean and spread are matched to the same-ranked cluster of the lab image, so PBC's blue-violet nuclei take the
+  lab's hue as its background does.
 
 With ``--held-out``, each seed instead draws half of the lab's cells of each class (``wbc adapt``'s own draw,
 ``wbc.jobs.adapt.split_per_class``): the variant adapts on that half, unlabelled, and is scored on the other half,
@@ -40,6 +48,9 @@ def main() -> None:
     parser.add_argument("--variants", default="none,adabn,tent20,tent60,self10,self20,self0.9")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--held-out", action="store_true", help="adapt on half of the cells, score on the other half")
+    parser.add_argument("--recolour-per-class", type=int, default=100, help="PBC training images a class for recolourN")
+    parser.add_argument("--recolour-source-weight", type=float, default=0.0,
+                        help="recolourN: the share of PBC's batch-norm statistics kept in the AdaBN before it (1 = no AdaBN)")
     args = parse(parser)
     import numpy as np
     import torch
@@ -81,6 +92,50 @@ def main() -> None:
         reestimate_batch_norm(model, lab_pixels)
         return max(float((parameter.detach() - old).abs().max()) for parameter, old in zip(parameters, before))
 
+    sources = []
+
+    def recoloured(lab_pixels, seed, clustered):
+        from skimage.color import lab2rgb, rgb2lab
+        from sklearn.cluster import KMeans
+
+        if not sources:
+            from wbc.data import load_split
+
+            sources.append(load_split(args.data_dir, "train", source.image_size, limit_per_class=args.recolour_per_class))
+        pbc = sources[0]
+
+        def regions(values):
+            """Each pixel's region (int (S*S,)) and each region's CIELAB mean and spread ((K, 3) each); one region, or
+            with ``clustered`` three k-means clusters ranked dark to light (nucleus, cytoplasm and red cells,
+            background). Black padding (L < 5) is left out of the statistics."""
+            flat = values.reshape(-1, 3)
+            kept = flat[flat[:, 0] >= 5] if (flat[:, 0] >= 5).sum() > 100 else flat
+            if not clustered:
+                members = np.zeros(len(flat), dtype=np.int64)
+                return members, kept.mean(0, keepdims=True), np.maximum(kept.std(0, keepdims=True), 1e-6)
+            kmeans = KMeans(3, n_init=1, random_state=0).fit(kept[::7])
+            rank = np.empty(3, dtype=np.int64)
+            rank[np.argsort(kmeans.cluster_centers_[:, 0])] = np.arange(3)
+            members, kept_members = rank[kmeans.predict(flat)], rank[kmeans.predict(kept)]
+            means = np.stack([kept[kept_members == k].mean(0) if (kept_members == k).any() else flat.mean(0) for k in range(3)])
+            spreads = np.stack([kept[kept_members == k].std(0) if (kept_members == k).sum() > 1 else flat.std(0) for k in range(3)])
+            return members, means, np.maximum(spreads, 1e-6)
+
+        targets = [regions(values)[1:] for values in rgb2lab(np.asarray(lab_pixels).transpose(0, 2, 3, 1) / 255.0)]
+        generator = np.random.default_rng(seed)
+        images, labels = [], []
+        for _ in range(2):
+            for index, pixels in enumerate(pbc.pixels):
+                values = rgb2lab(np.asarray(pixels).transpose(1, 2, 0) / 255.0)
+                members, mean, spread = regions(values)
+                target_mean, target_spread = targets[generator.integers(len(targets))]
+                flat = values.reshape(-1, 3)
+                matched = (flat - mean[members]) / spread[members] * target_spread[members] + target_mean[members]
+                rgb = lab2rgb(matched.reshape(values.shape))
+                images.append((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8).transpose(2, 0, 1))
+                labels.append(pbc.targets[index])
+        return np.stack(images), np.asarray(labels)
+
     def pseudo_labels(predictor, rule, tta):
         predictor.tta = tta
         probabilities = predictor.score_pixels(lab_pixels).probabilities
@@ -96,7 +151,7 @@ def main() -> None:
 
     variants = args.variants.split(",")
     for variant in variants:
-        seeds = range(args.seeds) if args.held_out or variant.startswith(("self", "tent")) else [0]
+        seeds = range(args.seeds) if args.held_out or variant.startswith(("self", "tent", "recolour")) else [0]
         for seed in seeds:
             started = time.monotonic()
             lab = measured = everything
@@ -109,6 +164,9 @@ def main() -> None:
                     "seed": seed}
             if variant.startswith("mix"):
                 reestimate_batch_norm(predictor.model, lab_pixels, source_weight=float(variant[3:]))
+            elif variant.startswith("recolour"):
+                reestimate_batch_norm(predictor.model, lab_pixels, source_weight=args.recolour_source_weight)
+                line["source_weight"] = args.recolour_source_weight
             elif variant != "none":
                 reestimate_batch_norm(predictor.model, lab_pixels)
             if variant.startswith("tent"):
@@ -123,6 +181,12 @@ def main() -> None:
                 line["pseudo_label_accuracy"] = round(100 * float((predicted[chosen] == lab.targets[chosen]).mean()), 1)
                 fine_tune_few_shot(predictor.model, lab_pixels[chosen], predicted[chosen], replay_pixels=replay.pixels,
                                    replay_targets=replay.targets, seed=seed)
+            elif variant.startswith("recolour"):
+                clustered = variant.startswith("recolourk")
+                images, labels = recoloured(lab_pixels, seed, clustered)
+                line["recoloured_images"] = len(images)
+                fine_tune_few_shot(predictor.model, images, labels, replay_pixels=replay.pixels, replay_targets=replay.targets,
+                                   steps=int(variant[9 if clustered else 8:]), seed=seed)
             elif variant not in ("none", "adabn") and not variant.startswith("mix"):
                 raise SystemExit(f"unknown variant {variant!r}")
             on_lab = scored(predictor, np.array(measured.pixels), measured.targets)

@@ -213,6 +213,14 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     assert run.data.params["photographed_apart"] == "monocyte (10 images, ROC AUC 1.00)"
     assert not any(name.startswith("lab_") for name in run.data.metrics), "nothing measured on the lab"
 
+    # measuring on the same folder, before any fine-tune, says it too
+    evaluated = invoke("evaluate", f"runs:/{trained.run_id}/model", "--images", apart, "--output-dir", tmp_path / "report")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert (f"{apart}: the background colour alone (ROC AUC 0.5 = chance) tells monocyte (10 images, ROC AUC 1.00) from "
+            "the other classes: those cells were likely photographed") in caplog.text
+    (evaluation,) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.kind` = 'evaluate'", output_format="list")
+    assert evaluation.data.params["photographed_apart"] == "monocyte (10 images, ROC AUC 1.00)"
+
 
 
 def test_shiftbench_scores_another_labs_cells_as_a_real_shift_row_apart_from_the_synthetic_ones(champion, synthetic_data, tmp_path):
@@ -344,16 +352,23 @@ def test_adapt_warns_when_the_adapted_model_is_worse_on_the_lab_or_its_flags_sto
     assert "moved from" not in result(good, good).summary()
 
 
-@pytest.mark.parametrize("tints, counts, expected", [
-    ({}, {}, "none"),
-    ({"lymphocyte": (0.85, 0.8, 0.95)}, {}, "lymphocyte (10 images, ROC AUC 1.00)"),
-    ({"lymphocyte": (0.85, 0.8, 0.95), "neutrophil": (0.85, 0.8, 0.95)}, {}, "monocyte (10 images, ROC AUC 1.00)"),
-    ({"monocyte": (0.85, 0.8, 0.95)}, {"monocyte": 100}, "monocyte (100 images, ROC AUC 1.00)"),
-    ({"lymphocyte": (0.85, 0.8, 0.95)}, {"lymphocyte": 9}, "none; not tested: lymphocyte (9 images)"),
-    ({"lymphocyte": (0.85, 0.8, 0.95)}, {"neutrophil": 0}, "lymphocyte (10 images, ROC AUC 1.00); monocyte (10 images, "
-                                                           "ROC AUC 1.00) (from each other)"),
+LYMPHOCYTE, MONOCYTE, NEUTROPHIL = (f"{name} (10 images, ROC AUC 1.00)" for name in ("lymphocyte", "monocyte", "neutrophil"))
+PINK, BLUE = (0.85, 0.8, 0.95), (0.95, 0.85, 0.8)
+
+
+@pytest.mark.parametrize("tints, counts, expected, told", [
+    ({}, {}, "none", ""),
+    ({"lymphocyte": PINK}, {}, LYMPHOCYTE, f"tells {LYMPHOCYTE} from the other classes"),
+    ({"lymphocyte": PINK, "neutrophil": PINK}, {}, MONOCYTE, f"tells {MONOCYTE} from the other classes"),
+    ({"monocyte": PINK}, {"monocyte": 100}, "monocyte (100 images, ROC AUC 1.00)",
+     "tells monocyte (100 images, ROC AUC 1.00) from the other classes"),
+    ({"lymphocyte": PINK}, {"lymphocyte": 9}, "none; not tested: lymphocyte (9 images)", ""),
+    ({"lymphocyte": PINK}, {"neutrophil": 0}, f"{LYMPHOCYTE}; {MONOCYTE} (from each other)",
+     f"tells apart {LYMPHOCYTE} and {MONOCYTE}"),
+    ({"lymphocyte": PINK, "neutrophil": BLUE}, {}, f"{LYMPHOCYTE}; {MONOCYTE}; {NEUTROPHIL} (the last two from each other)",
+     f"tells {LYMPHOCYTE} from the other classes, and {MONOCYTE} and {NEUTROPHIL} from each other"),
 ])
-def test_the_classes_photographed_apart_are_the_ones_whose_background_differs(tmp_path, tints, counts, expected):
+def test_the_classes_photographed_apart_are_the_ones_whose_background_differs(tmp_path, tints, counts, expected, told):
     from wbc.evaluation.acquisition import CONFOUND_AUC, background_aucs, background_colours, check_acquisition
 
     folder = _lab(tmp_path / "lab", labelled=True, tints=tints, per_class=100)
@@ -365,6 +380,7 @@ def test_the_classes_photographed_apart_are_the_ones_whose_background_differs(tm
     lab = load_folder(folder, 32)
     check = check_acquisition(lab.pixels, lab.targets)
     assert str(check) == expected
+    assert check.told() == told
     if counts.get("monocyte") == 100:
         aucs = background_aucs(background_colours(lab.pixels), lab.targets)
         assert min(aucs.values()) >= CONFOUND_AUC, "against a rest that is mostly monocytes, every class looks apart"

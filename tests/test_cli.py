@@ -407,6 +407,7 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
     assert metrics["images_acc"] == pytest.approx((rows["true"] == rows["predicted"]).mean())
     assert metrics["images_acc_present"] >= metrics["images_acc"]
     assert params["classes_present"] == "basophil,monocyte,neutrophil" and params["images"] == str(lab)
+    assert params["photographed_apart"] == "none; not tested: basophil (4 images), monocyte (4 images), neutrophil (4 images)"
     assert run.info.run_name == f"evaluate {model} on lab-a"
     assert f"logged as run {run.info.run_id} (experiment wbc)" in result.output
     refused = invoke("evaluate", model, "--model", "elsewhere", "--images", lab, "--no-track")

@@ -43,18 +43,35 @@ class PhotographedApart:
 
 @dataclass(frozen=True)
 class AcquisitionCheck:
-    """What :func:`check_acquisition` found: the classes photographed apart (``pair``: a folder whose two tested classes
-    differ from each other, neither one the odd one out) and the classes too small to test (name, image count)."""
+    """What :func:`check_acquisition` found: the classes photographed apart, in the order found (``pair``: the last two
+    were the last two tested and differ from each other, neither one the odd one out) and the classes too small to test
+    (name, image count)."""
 
     apart: tuple[PhotographedApart, ...]
     untested: tuple[tuple[str, int], ...]
     pair: bool = False
 
+    @property
+    def each_apart(self) -> tuple[PhotographedApart, ...]:
+        """The classes told apart from all the others (before the pair, if any)."""
+        return self.apart[:-2] if self.pair else self.apart
+
     def __str__(self) -> str:
         """The run's ``photographed_apart`` param: ``none``, or the classes; then any not tested."""
-        found = "; ".join(map(str, self.apart)) + (" (from each other)" if self.pair else "") if self.apart else "none"
+        found = "; ".join(map(str, self.apart)) if self.apart else "none"
+        if self.pair:
+            found += " (from each other)" if len(self.apart) == 2 else " (the last two from each other)"
         untested = ", ".join(f"{name} ({count} images)" for name, count in self.untested)
         return found + (f"; not tested: {untested}" if untested else "")
+
+    def told(self) -> str:
+        """What the background colour tells, in words (``""`` when nothing is apart): ``tells X from the other
+        classes``, ``tells apart X and Y``, or both: ``tells X from the other classes, and Y and Z from each other``."""
+        each = ", ".join(map(str, self.each_apart))
+        couple = " and ".join(map(str, self.apart[-2:])) if self.pair else ""
+        if each and couple:
+            return f"tells {each} from the other classes, and {couple} from each other"
+        return f"tells {each} from the other classes" if each else f"tells apart {couple}" if couple else ""
 
 
 def background_colours(pixels: np.ndarray) -> np.ndarray:
@@ -114,7 +131,7 @@ def check_acquisition(pixels: np.ndarray, targets: np.ndarray, *, min_class_imag
             break
         if len(pool) == 2:
             apart += [PhotographedApart(CLASS_NAMES[c], counts[c], aucs[c]) for c in pool]
-            return AcquisitionCheck(tuple(apart), untested, pair=len(apart) == 2)
+            return AcquisitionCheck(tuple(apart), untested, pair=True)
         apart.append(PhotographedApart(CLASS_NAMES[worst], counts[worst], aucs[worst]))
         pool.remove(worst)
     return AcquisitionCheck(tuple(apart), untested)

@@ -77,8 +77,7 @@ class AdaptResult:
         classes were photographed apart from the others."""
         found = []
         if self.acquisition is not None and self.acquisition.apart:
-            names = (" and " if self.acquisition.pair else ", ").join(map(str, self.acquisition.apart))
-            told = f"tells apart {names}" if self.acquisition.pair else f"tells {names} from the other classes"
+            told = self.acquisition.told()
             measured = "; the accuracy measured on them says little about the cells" if self.measured else ""
             found.append(f"in the lab's folder, the background colour alone (ROC AUC 0.5 = chance) {told}: those cells "
                          "were likely photographed on other slides, days or cameras, so a fine-tune can learn the photograph "

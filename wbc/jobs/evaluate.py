@@ -3,6 +3,7 @@ reports, log them to MLflow."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mlflow
@@ -11,11 +12,14 @@ import pandas as pd
 from wbc import defaults
 from wbc.classes import CLASS_NAMES
 from wbc.data import BarcelonaDataset, LabelledFolder, load_folder, load_split
+from wbc.evaluation.acquisition import check_acquisition
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor
 from wbc.tracking.datasets import log_image_dataset
 from wbc.tracking.registry import version_params
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.csv"
 """Beside the reports: one row per image (file, true class, predicted class, confidence, flags)."""
@@ -39,7 +43,9 @@ def evaluate_model(
     (``<folder>/<class>/<image>``, any subset of the classes); write the reports
     (:data:`~wbc.evaluation.reports.REPORT_FILES` and :data:`PREDICTIONS_FILE`) into ``output_dir``; with ``track``,
     log them and the scores (``<split>_acc`` ..., or ``images_acc`` ...: :meth:`Evaluation.metrics`) as a run of
-    kind ``evaluate``. Returns the scores and the files written. Raises :class:`~wbc.data.DatasetError` for missing or
+    kind ``evaluate``. On a folder it also checks which classes were photographed apart from the others
+    (:func:`~wbc.evaluation.acquisition.check_acquisition`): it warns of them, and logs them as the param
+    ``photographed_apart``. Returns the scores and the files written. Raises :class:`~wbc.data.DatasetError` for missing or
     misnamed data before the model loads."""
     if images is not None:
         LabelledFolder(images)
@@ -54,6 +60,12 @@ def evaluate_model(
         dataset = load_folder(images, predictor.image_size, cache_dir=cache_dir)
     else:
         dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir)
+    acquisition = check_acquisition(dataset.pixels, dataset.targets) if images is not None else None
+    if acquisition is not None and acquisition.apart:
+        log.warning("%s: the background colour alone (ROC AUC 0.5 = chance) %s: those cells were likely photographed on "
+                    "other slides, days or cameras, so their scores hold for cells photographed that way, and a fine-tune "
+                    "on this folder (wbc adapt) can learn the photograph rather than the cell: label cells of every "
+                    "class on each of those sources", images, acquisition.told())
     scores = predictor.score_pixels(dataset.pixels)
     in_distribution, review = predictor.flags(scores, dataset.pixels)
     evaluation = Evaluation.from_scores(dataset.targets, scores.probabilities, in_distribution, review)
@@ -77,6 +89,7 @@ def evaluate_model(
                 version_params(model) | {"model_uri": model, "split": split if images is None else "", "data_dir": source if images is None else "",
                  "images": source if images is not None else "", "size": len(dataset), "tta": tta, "runtime": predictor.runtime,
                  "classes_present": ",".join(CLASS_NAMES[i] for i in evaluation.present_classes)}
+                | ({"photographed_apart": str(acquisition)} if acquisition is not None else {})
             )
             log_image_dataset(dataset.paths, dataset.targets, dataset_root, dataset_name, context)
             mlflow.log_metrics(evaluation.metrics(prefix))
