@@ -188,6 +188,16 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     assert any(not torch.equal(value, weights[name]) for name, value in source.model.named_parameters()), "fine-tuned"
     assert params["photographed_apart"] == ("none; not tested: lymphocyte (6 images), monocyte (6 images), "
                                             "neutrophil (6 images)") and "photograph" not in result.output
+    # scoring the adapted model on the very folder it was fine-tuned on says its scores there are flattered
+    caplog.clear()
+    evaluated = invoke("evaluate", "models:/wbc-classifier@lab-c", "--images", lab, "--no-track", "--output-dir", tmp_path / "r")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert (f"models:/wbc-classifier@lab-c was fine-tuned on 9 of these cells by wbc adapt (run {run.info.run_id}), so "
+            f"its scores on them are flattered; on the 9 it held out it scored {metrics['lab_after_acc_present']:.4f}") in caplog.text
+    other = _lab(tmp_path / "lab-c2", labelled=True)
+    caplog.clear()
+    assert invoke("evaluate", "models:/wbc-classifier@lab-c", "--images", other, "--no-track", "--output-dir", tmp_path / "r").exit_code == 0
+    assert "flattered" not in caplog.text, "another folder: nothing to say"
 
     unlabelled = _lab(tmp_path / "lab-d", labelled=False)
     result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)

@@ -429,6 +429,9 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
     evaluation = Evaluation.from_scores(np.array([5, 6]), probabilities)
     assert evaluation.accuracy == 0 and evaluation.present_accuracy == 0.5 and evaluation.present_classes == [5, 6]
     assert present == [0, 5, 6]
+    # macro-F1 over the eight: classes neither held nor answered are left out, one answered but not held counts at 0
+    assert Evaluation.from_predictions(np.array([5, 5, 6]), np.array([5, 5, 6])).macro_f1 == 1.0
+    assert Evaluation.from_predictions(np.array([5, 5, 6]), np.array([5, 0, 6])).macro_f1 == pytest.approx((0 + 2 / 3 + 1) / 3)
 
     (lab / "Neutrophils").mkdir()
     result = invoke("evaluate", model, "--images", lab, "--no-track")

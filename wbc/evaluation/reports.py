@@ -61,10 +61,14 @@ class Evaluation:
 
     @classmethod
     def from_predictions(cls, targets: np.ndarray, predicted: np.ndarray) -> "Evaluation":
+        """From true and predicted class indices (int (N,)). The macro-F1 averages over the classes the set holds or
+        the model answered (scikit-learn's default labels): a class neither held nor answered has no F1 to count,
+        so a lab's folder of five classes is not capped at 5/8; a class answered but not held counts, at 0."""
         labels = list(range(len(CLASS_NAMES)))
+        scored = sorted(set(np.asarray(targets).tolist()) | set(np.asarray(predicted).tolist()))
         return cls(
             accuracy=float(accuracy_score(targets, predicted)),
-            macro_f1=float(f1_score(targets, predicted, labels=labels, average="macro", zero_division=0)),
+            macro_f1=float(f1_score(targets, predicted, labels=scored, average="macro", zero_division=0)),
             report=classification_report(
                 targets, predicted, labels=labels, target_names=list(CLASS_NAMES), output_dict=True, zero_division=0
             ),

@@ -16,13 +16,32 @@ from wbc.evaluation.acquisition import check_acquisition
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor
 from wbc.tracking.datasets import log_image_dataset
-from wbc.tracking.registry import version_params
+from wbc.tracking.registry import adaptation_run, version_params
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.csv"
 """Beside the reports: one row per image (file, true class, predicted class, confidence, flags)."""
+
+
+def adapted_on_these_cells(model: str, images: str | Path) -> str | None:
+    """When ``model`` was adapted by ``wbc adapt`` on the folder ``images`` itself, why its scores there are flattered
+    and where the honest figure is; else None."""
+    run = adaptation_run(model)
+    if run is None or run.data.params.get("images") != str(Path(images).resolve()):
+        return None
+    params, metrics = run.data.params, run.data.metrics
+    held_out = int(params.get("held_out", 0))
+    if params.get("labelled_per_class", "0") != "0":
+        tuned = int(params.get("image_count", 0)) - held_out
+        honest = (f"; on the {held_out} it held out it scored {metrics['lab_after_acc_present']:.4f} among the classes "
+                  "present (that run's lab_after_acc_present)" if held_out and "lab_after_acc_present" in metrics else "")
+        return (f"{model} was fine-tuned on {tuned} of these cells by wbc adapt (run {run.info.run_id}), so its scores "
+                f"on them are flattered{honest}: score it on cells it has not seen")
+    return (f"{model} was adapted to these images by wbc adapt (run {run.info.run_id}): its batch-norm statistics and "
+            "thresholds were fitted on them, so its flags here are flattered (that run's cross-fitted flags are the "
+            "honest ones): score it on cells it has not seen")
 
 
 def evaluate_model(
@@ -60,6 +79,8 @@ def evaluate_model(
         dataset = load_folder(images, predictor.image_size, cache_dir=cache_dir)
     else:
         dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir)
+    if images is not None and (flattered := adapted_on_these_cells(model, images)):
+        log.warning(flattered)
     acquisition = check_acquisition(dataset.pixels, dataset.targets) if images is not None else None
     if acquisition is not None and acquisition.apart:
         log.warning("%s: the background colour alone (ROC AUC 0.5 = chance) %s: those cells were likely photographed on "

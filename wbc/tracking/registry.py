@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -286,6 +288,23 @@ def source_run_id(model: str) -> str | None:
         return client.get_model_version_by_alias(name, alias).run_id
     name, _, version = reference.rpartition("/")
     return client.get_model_version(name, version).run_id
+
+
+def adaptation_run(model: str):
+    """The MLflow run of kind ``adapt`` that made ``model`` (a model URI, or the exported folder ``<output dir>/<run
+    id>/model`` that run wrote), or None: another kind of run, another reference, or no store that knows it."""
+    local = "://" not in model and ":/" not in model
+    candidate = Path(model).parent.name if local else None
+    if local and not re.fullmatch(r"[0-9a-f]{32}", candidate):
+        return None
+    # reading never creates a store: MLflow would make an empty database on first contact
+    if (database := sqlite_file(mlflow.get_tracking_uri())) is not None and not database.exists():
+        return None
+    try:
+        run = mlflow.MlflowClient().get_run(candidate or source_run_id(model))
+    except (MlflowException, OSError):
+        return None
+    return run if run.data.tags.get(RUN_KIND_TAG) == "adapt" else None
 
 
 def version_params(model: str) -> dict[str, str]:
