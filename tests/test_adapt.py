@@ -198,6 +198,13 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     caplog.clear()
     assert invoke("evaluate", "models:/wbc-classifier@lab-c", "--images", other, "--no-track", "--output-dir", tmp_path / "r").exit_code == 0
     assert "flattered" not in caplog.text, "another folder: nothing to say"
+    # an adapted model has flags for one view only: with --tta it says so in one line, without Python's internals
+    with_tta = invoke("evaluate", "models:/wbc-classifier@lab-c", "--images", other, "--no-track", "--tta", "--output-dir", tmp_path / "r")
+    assert with_tta.exit_code == 0, with_tta.output
+    (line,) = [line for line in with_tta.output.splitlines() if "thresholds fitted for tta" in line]
+    assert line.startswith("warning: ") and line.endswith("score it without --tta for its flags, or for a model wbc trained, "
+                                                          "fit them with wbc calibrate <run id>"), line
+    assert "UserWarning" not in with_tta.output
 
     unlabelled = _lab(tmp_path / "lab-d", labelled=False)
     result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)

@@ -433,6 +433,23 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
     assert Evaluation.from_predictions(np.array([5, 5, 6]), np.array([5, 5, 6])).macro_f1 == 1.0
     assert Evaluation.from_predictions(np.array([5, 5, 6]), np.array([5, 0, 6])).macro_f1 == pytest.approx((0 + 2 / 3 + 1) / 3)
 
+    # unreadable files: one error names them all; --skip-bad-images leaves them out and says how many
+    (lab / "Monocyte" / "broken.jpg").write_bytes(b"not an image")
+    (lab / "basophil" / "empty.jpg").write_bytes(b"")
+    result = invoke("evaluate", model, "--images", lab, "--no-track", "--output-dir", tmp_path / "skipped")
+    assert result.exit_code == 1 and "Error: 2 unreadable image files: " in result.output, result.output
+    assert "broken.jpg: not an image file" in result.output and "empty.jpg: empty file" in result.output
+    assert "leave them out with --skip-bad-images" in result.output
+    result = invoke("evaluate", model, "--images", lab, "--skip-bad-images", "--output-dir", tmp_path / "skipped")
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped 2 unreadable image file(s), first: " in result.output and "UserWarning" not in result.output
+    (latest, _) = mlflow.search_runs(experiment_names=["wbc"], filter_string="tags.`wbc.kind` = 'evaluate'",
+                                     order_by=["attributes.start_time DESC"], output_format="list")
+    assert latest.data.params["skipped_images"] == "2" and latest.data.params["size"] == "12"
+    assert len(pd.read_csv(tmp_path / "skipped" / "predictions.csv")) == 12
+    (lab / "Monocyte" / "broken.jpg").unlink()
+    (lab / "basophil" / "empty.jpg").unlink()
+
     (lab / "Neutrophils").mkdir()
     result = invoke("evaluate", model, "--images", lab, "--no-track")
     assert result.exit_code == 1 and "Neutrophils: folder is not one of the eight classes" in result.output

@@ -151,6 +151,9 @@ def test_bad_training_file_fails_or_is_skipped_with_a_count(tmp_path, content):
     assert decoded.bad_files == (str(bad),)
     with pytest.raises(ImageDecodeError, match="bad.jpg"):
         decode_cached(paths, 16, cache_dir=tmp_path / "c", workers=1)
+    bad.with_name("bad2.jpg").write_bytes(b"not an image")
+    with pytest.raises(ImageDecodeError, match=r"^2 unreadable image files: .*/bad\.jpg: .*; .*/bad2\.jpg: not an image file \(accepted: [^;]*\)$"):
+        decode_cached(_paths(root), 16, cache_dir=tmp_path / "c", workers=1)
 
 
 def test_datamodule_batches_and_augmentation(synthetic_data, tmp_path):

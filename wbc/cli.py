@@ -58,6 +58,27 @@ def cli(verbose: bool) -> None:
     """White blood cell classification: train, evaluate and serve models, tracked in MLflow."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_downloads_in_logs()
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """wbc's own warnings on stderr as one line, ``warning: <message>``, without Python's file, line and source
+    line; other packages' warnings as Python shows them."""
+    import warnings
+
+    package = Path(__file__).resolve().parent
+    shown = warnings.showwarning
+    if getattr(shown, "one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(package):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.one_line = True
+    warnings.showwarning = show
 
 
 _tta_option = click.option(
@@ -332,10 +353,12 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @_cache_dir_option
 @_tta_option
 @_runtime_option
+@click.option("--skip-bad-images", is_flag=True, help="Leave unreadable images out, with a warning that counts them, instead of stopping.")
 @_user_errors
 @_downloads_data
 def evaluate(model: str, model_option: str | None, data_dir: str, split: str, images: str | None, output_dir: str,
-             batch_size: int, track: bool, experiment: str, cache_dir: str | None, tta: bool, runtime: str) -> None:
+             batch_size: int, track: bool, experiment: str, cache_dir: str | None, tta: bool, runtime: str,
+             skip_bad_images: bool) -> None:
     """Score MODEL (checkpoint, exported folder or MLflow model URI; default the champion) on a data split, or on a
     lab's labelled folder (--images: accuracy over the eight classes and over the classes present, and how the flags
     fell); write the reports and one row per image."""
@@ -348,7 +371,7 @@ def evaluate(model: str, model_option: str | None, data_dir: str, split: str, im
 
     evaluation, files = evaluate_model(
         model, data_dir, split, images=images, output_dir=output_dir, batch_size=batch_size, track=track,
-        experiment=experiment, tta=tta, runtime=runtime, cache_dir=cache_dir,
+        experiment=experiment, tta=tta, runtime=runtime, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
     )
     click.echo(f"model: {_model_line(model)}")
     click.echo(evaluation.summary())

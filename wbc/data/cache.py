@@ -85,8 +85,9 @@ def decode_cached(
 ) -> DecodedImages:
     """Return the images in ``paths`` decoded to ``size``, from the cache or decoding them now.
 
-    A file that is not a readable image raises :class:`ImageDecodeError` naming it, unless
-    ``skip_bad_images`` is set: then it is left out, and a warning gives the count.
+    Files that are not readable images raise :class:`ImageDecodeError` naming them (all of them are read first, so
+    one error names every bad file), unless ``skip_bad_images`` is set: then they are left out, and a warning gives
+    the count.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def decode_cached(
     if array_path.exists() and index_path.exists():
         index = json.loads(index_path.read_text())
         if index["bad_files"] and not skip_bad_images:
-            raise ImageDecodeError(index["errors"][0])
+            raise ImageDecodeError(_unreadable(index["errors"]))
         pixels = np.load(array_path, mmap_mode="r")
         log.info("using decoded-image cache %s", array_path)
         return _finish(pixels, np.asarray(index["kept"], dtype=np.int64), index["bad_files"], index["errors"])
@@ -114,13 +115,13 @@ def decode_cached(
             results = pool.imap(_decode_one, jobs, chunksize=32)
             for index, result in enumerate(progress_bar(results, total=len(jobs), desc=f"{description} ({size}px)", unit="img")):
                 if isinstance(result, str):
-                    if not skip_bad_images:
-                        raise ImageDecodeError(result)
                     bad_files.append(jobs[index][0])
                     errors.append(result)
                     continue
                 pixels[len(kept)] = result
                 kept.append(index)
+        if errors and not skip_bad_images:
+            raise ImageDecodeError(_unreadable(errors))
         pixels.flush()
         del pixels
         if bad_files:
@@ -162,6 +163,12 @@ def _compact(npy_path: Path, count: int) -> None:
     compact.flush()
     del compact, full
     os.replace(compact_path, npy_path)
+
+
+def _unreadable(errors: list[str], shown: int = 3) -> str:
+    """One line for every unreadable file: the count, the first ``shown`` errors, how many more."""
+    listed = "; ".join(errors[:shown]) + (f"; and {len(errors) - shown} more" if len(errors) > shown else "")
+    return listed if len(errors) == 1 else f"{len(errors)} unreadable image files: {listed}"
 
 
 def _finish(pixels: np.ndarray, kept: np.ndarray, bad_files: list[str], errors: list[str]) -> DecodedImages:

@@ -136,7 +136,8 @@ class Predictor:
             calibration = load_calibration(resolved)
         if tta and calibration is not None and calibration.tta is None:
             warnings.warn(f"{path} has no thresholds fitted for tta (calibrated before they existed, or adapted to a lab): "
-                          "its flags are not set with tta; wbc calibrate <run id> fits them for a trained model", stacklevel=2)
+                          "its flags are left empty with tta; score it without --tta for its flags, or for a model wbc "
+                          "trained, fit them with wbc calibrate <run id>", stacklevel=2)
         return cls(model, image_size, batch_size, tta, calibration=calibration, network=network)
 
     @property

@@ -11,7 +11,7 @@ import pandas as pd
 
 from wbc import defaults
 from wbc.classes import CLASS_NAMES
-from wbc.data import BarcelonaDataset, LabelledFolder, load_folder, load_split
+from wbc.data import BarcelonaDataset, ImageDecodeError, LabelledFolder, load_folder, load_split
 from wbc.evaluation.acquisition import check_acquisition
 from wbc.evaluation.reports import Evaluation
 from wbc.inference import Predictor
@@ -57,12 +57,14 @@ def evaluate_model(
     tta: bool = False,
     runtime: str = "auto",
     cache_dir: str | None = None,
+    skip_bad_images: bool = False,
 ) -> tuple[Evaluation, list[Path]]:
     """Score ``model`` on ``split`` of ``data_dir``, or with ``images`` on that labelled folder
     (``<folder>/<class>/<image>``, any subset of the classes); write the reports
     (:data:`~wbc.evaluation.reports.REPORT_FILES` and :data:`PREDICTIONS_FILE`) into ``output_dir``; with ``track``,
     log them and the scores (``<split>_acc`` ..., or ``images_acc`` ...: :meth:`Evaluation.metrics`) as a run of
-    kind ``evaluate``. On a folder it also checks which classes were photographed apart from the others
+    kind ``evaluate``. Unreadable images stop it with an error naming them all, or with ``skip_bad_images`` are left
+    out with a warning (param ``skipped_images``, their count). On a folder it also checks which classes were photographed apart from the others
     (:func:`~wbc.evaluation.acquisition.check_acquisition`): it warns of them, and logs them as the param
     ``photographed_apart``. Returns the scores and the files written. Raises :class:`~wbc.data.DatasetError` for missing or
     misnamed data before the model loads."""
@@ -75,10 +77,15 @@ def evaluate_model(
         prefix, source = split, str(Path(data_dir).resolve())
         dataset_root, dataset_name, context = Path(data_dir) / "barcelona", f"barcelona/{split}", split
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
-    if images is not None:
-        dataset = load_folder(images, predictor.image_size, cache_dir=cache_dir)
-    else:
-        dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir)
+    try:
+        if images is not None:
+            dataset = load_folder(images, predictor.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
+        else:
+            dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
+    except ImageDecodeError as error:
+        raise ImageDecodeError(f"{error}: remove or replace the unreadable file(s), or leave them out with --skip-bad-images") from None
+    samples = LabelledFolder(images).samples if images is not None else BarcelonaDataset(data_dir, split).samples
+    skipped = len(samples) - len(dataset)
     if images is not None and (flattered := adapted_on_these_cells(model, images)):
         log.warning(flattered)
     acquisition = check_acquisition(dataset.pixels, dataset.targets) if images is not None else None
@@ -111,6 +118,7 @@ def evaluate_model(
                  "images": source if images is not None else "", "size": len(dataset), "tta": tta, "runtime": predictor.runtime,
                  "classes_present": ",".join(CLASS_NAMES[i] for i in evaluation.present_classes)}
                 | ({"photographed_apart": str(acquisition)} if acquisition is not None else {})
+                | ({"skipped_images": skipped} if skipped else {})
             )
             log_image_dataset(dataset.paths, dataset.targets, dataset_root, dataset_name, context)
             mlflow.log_metrics(evaluation.metrics(prefix))
