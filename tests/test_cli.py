@@ -452,8 +452,21 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
 
     (lab / "Neutrophils").mkdir()
     result = invoke("evaluate", model, "--images", lab, "--no-track")
-    assert result.exit_code == 1 and "Neutrophils: folder is not one of the eight classes" in result.output
+    assert result.exit_code == 1 and "Neutrophils (did you mean neutrophil?): folder is not one of the eight classes" in result.output
+    (lab / "lymph").mkdir()
+    (lab / "junk").mkdir()
+    result = invoke("evaluate", model, "--images", lab, "--no-track")
+    assert result.exit_code == 1, result.output
+    assert (f"Error: {lab / 'Neutrophils'} (did you mean neutrophil?); {lab / 'junk'}; {lab / 'lymph'} (did you mean "
+            "lymphocyte?): folders are not one of the eight classes") in result.output, "all of them at once"
+    (lab / "lymph").rmdir()
+    (lab / "junk").rmdir()
     # a class folder given for the lab's folder, or loose images: said as such
     result = invoke("evaluate", model, "--images", lab / "Monocyte", "--no-track")
     assert result.exit_code == 1 and "Monocyte holds 4 image(s) but no class sub-folders" in result.output, result.output
     assert "it looks like the monocyte folder itself: give the folder above it" in result.output
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "cell.jpg").write_bytes((lab / "Monocyte" / next(iter(sorted(p.name for p in (lab / "Monocyte").iterdir())))).read_bytes())
+    result = invoke("evaluate", model, "--images", loose, "--no-track")
+    assert result.exit_code == 1 and "sort them into <class>/ sub-folders, or score unlabelled cells with wbc predict" in result.output

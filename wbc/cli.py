@@ -81,6 +81,10 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+_output_dir_option = _option(
+    "--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False),
+    help="Where each run writes its exported model: <output dir>/<run id>/model.",
+)
 _tta_option = click.option(
     "--tta", is_flag=True, help="Score the mean logits of the 8 flips/rotations of each image (8x slower), with flags fitted on such means."
 )
@@ -249,7 +253,7 @@ def main_job(robust_epochs: int, time_budget: float, **options) -> None:
 @click.option("--weight", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Weight of SECOND (0 = FIRST, 1 = SECOND).")
 @_data_dir_option
 @_experiment_option
-@_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
+@_output_dir_option
 @_cache_dir_option
 @_int8_option
 @_user_errors
@@ -343,17 +347,19 @@ def calibrate(run_id: str, data_dir: str, target_error: float, flag_rate: float,
 @click.argument("model", default=defaults.CHAMPION_URI)
 @click.option("--model", "model_option", default=None, metavar="MODEL", help="MODEL given as an option, as the other commands take it.")
 @_data_dir_option
-@click.option("--split", default="valid", show_default=True, type=click.Choice(["train", "valid", "test"]))
+@click.option("--split", default="valid", show_default=True, type=click.Choice(["train", "valid", "test"]),
+              help="The PBC split to score (test is the held-out set, not shipped).")
 @click.option("--images", type=click.Path(), default=None,
               help="Score a lab's labelled folder instead of a split: <folder>/<class>/<image>, any subset of the classes.")
-@_option("--output-dir", default=defaults.EVALUATION_DIR, show_default=True, type=click.Path(file_okay=False))
+@_option("--output-dir", default=defaults.EVALUATION_DIR, show_default=True, type=click.Path(file_okay=False),
+         help="Where the reports and predictions.csv are written (files of the same names are replaced).")
 @_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the evaluation as an MLflow run.")
 @_experiment_option
 @_cache_dir_option
 @_tta_option
 @_runtime_option
-@click.option("--skip-bad-images", is_flag=True, help="Leave unreadable images out, with a warning that counts them, instead of stopping.")
+@_option("--skip-bad-images", is_flag=True, help="Leave unreadable images out, with a warning that counts them, instead of stopping.")
 @_user_errors
 @_downloads_data
 def evaluate(model: str, model_option: str | None, data_dir: str, split: str, images: str | None, output_dir: str,
@@ -434,7 +440,7 @@ def _parse_study(text: str) -> list[tuple[str, str]]:
 @_option("--limit-per-class", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--models", "models_text", default="", help="ARCH:MODE list, comma-separated [default: the full study].")
 @click.option("--experiment", default=defaults.COMPARE_EXPERIMENT, show_default=True)
-@_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
+@_output_dir_option
 @_user_errors
 @_downloads_data
 def compare(data_dir, epochs, image_size, batch_size, limit_per_class, models_text, experiment, output_dir) -> None:
@@ -497,7 +503,7 @@ def app_login(name: str, auth_file: str, password: str) -> None:
 @click.option("--model", "model", default=defaults.CHAMPION_URI, show_default=True, help="The model to adapt.")
 @_data_dir_option
 @_experiment_option
-@_option("--output-dir", default=defaults.OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
+@_output_dir_option
 @_option("--flag-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
          help="Share of the lab's cells the out-of-distribution flag may fire on: of the labelled cells the model "
          "gets right when at least 10 are left to calibrate on, else of all the lab's images.")

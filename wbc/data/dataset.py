@@ -45,6 +45,15 @@ def load_pil_rgb(path: str):
     return Image.fromarray(decode_image_array(path, None))
 
 
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean <class>?)`` for a folder name close to one of the eight classes (a plural, a typo, an
+    abbreviation; :func:`difflib.get_close_matches`), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower().rstrip("s"), CLASS_NAMES, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
     """``ImageFolder.find_classes`` for the eight classes: every sub-folder must be one of them, its name matched
     case-insensitively (``Monocyte/`` is monocyte); returns the class names and {folder name: class index}."""
@@ -53,11 +62,13 @@ def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[st
         entries = sorted(entry.name for entry in listing if entry.is_dir() and not entry.name.startswith("."))
     except OSError as error:
         raise DatasetError(f"{directory}: cannot read folder ({error.strerror or error})") from None
+    unknown = [name for name in entries if name.lower() not in CLASS_TO_IDX]
+    if unknown:
+        named = "; ".join(f"{os.path.join(directory, name)}{_did_you_mean(name)}" for name in unknown)
+        raise DatasetError(f"{named}: {'folder is' if len(unknown) == 1 else 'folders are'} not one of the eight classes "
+                           f"({', '.join(CLASS_NAMES)}); rename or remove {'it' if len(unknown) == 1 else 'them'}")
     folders: dict[str, int] = {}
     for name in entries:
-        if name.lower() not in CLASS_TO_IDX:
-            raise DatasetError(f"{os.path.join(directory, name)}: folder is not one of the eight classes "
-                               f"({', '.join(CLASS_NAMES)}); rename or remove it")
         twin = next((other for other, index in folders.items() if index == CLASS_TO_IDX[name.lower()]), None)
         if twin is not None:
             raise DatasetError(f"{os.path.join(directory, name)}: the same class as {twin}/; merge the two folders")
@@ -67,7 +78,7 @@ def find_class_folders(directory: str | os.PathLike) -> tuple[list[str], dict[st
         if loose:
             class_name = Path(directory).resolve().name.lower()
             hint = (f"it looks like the {class_name} folder itself: give the folder above it" if class_name in CLASS_TO_IDX
-                    else "sort them into <class>/ sub-folders")
+                    else "sort them into <class>/ sub-folders, or score unlabelled cells with wbc predict")
             raise NoClassFolders(f"{directory} holds {loose} image(s) but no class sub-folders: labelled images go in "
                                f"<class>/<image> ({', '.join(CLASS_NAMES)}); {hint}")
         raise NoClassFolders(f"{directory} holds no images: no class folders in it (expected <class>/<image>, classes {', '.join(CLASS_NAMES)})")
@@ -138,7 +149,7 @@ class BarcelonaDataset(ImageFolder):
         split_dir = self.split_dir
         if not self.data_root.is_dir():
             raise DatasetError(
-                f"data root {self.data_root} does not exist: point data_dir at the folder that holds barcelona/, "
+                f"data root {self.data_root} does not exist: point --data-dir (data_dir) at the folder that holds barcelona/, "
                 + how_to_get(self.data_root)
             )
         if not split_dir.is_dir() and split == "test":
@@ -146,7 +157,7 @@ class BarcelonaDataset(ImageFolder):
                                "shipped; score on valid, or on a lab's folder with --images")
         if not split_dir.is_dir():
             raise DatasetError(
-                f"split folder {split_dir} does not exist: expected <data_dir>/barcelona/{split}/<class>/*.jpg, " + how_to_get(self.data_root)
+                f"split folder {split_dir} does not exist: expected <--data-dir>/barcelona/{split}/<class>/*.jpg, " + how_to_get(self.data_root)
             )
         super().__init__(str(split_dir), transform=transform, loader=load_pil_rgb, allow_empty=True)
         if not self.samples:
