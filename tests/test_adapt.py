@@ -152,6 +152,8 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
     assert result.exit_code == 0, result.output
     assert "adapted on 18 of the lab's images (batch-norm statistics (AdaBN), 0.5 of PBC's kept)" in result.output
     assert "lab cells" not in result.output
+    assert result.output.startswith("adapting models:/wbc-classifier@champion = wbc-classifier version 1 (run "), "where it starts from"
+    assert "the lab's accuracy is not measured (no labelled cells): before serving it, score it" in result.output
     version = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-b")
     assert version.tags["adapted_for"] == "lab-b"
     params = mlflow.MlflowClient().get_run(version.run_id).data.params
@@ -205,6 +207,10 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     assert line.startswith("warning: ") and line.endswith("score it without --tta for its flags, or for a model wbc trained, "
                                                           "fit them with wbc calibrate <run id>"), line
     assert "UserWarning" not in with_tta.output
+    # an alias that is not there: the ones that are
+    missing = invoke("evaluate", "models:/wbc-classifier@lab-z", "--images", other, "--no-track")
+    assert missing.exit_code == 1 and ("the aliases of wbc-classifier now: champion (version 1), lab-c (version 2); register "
+                                       "one (wbc main, wbc register; a lab's: wbc adapt FOLDER --alias NAME)") in missing.output
 
     unlabelled = _lab(tmp_path / "lab-d", labelled=False)
     result = invoke("adapt", unlabelled, "--alias", "lab-d", "--labelled-per-class", 3, "--data-dir", synthetic_data)
@@ -222,6 +228,8 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     result = invoke("adapt", apart, "--alias", "lab-f", "--labelled-per-class", 10, "--steps", 5, "--data-dir", synthetic_data,
                     "--no-onnx")
     assert result.exit_code == 0, result.output
+    assert f"{apart}: the background colour alone tells monocyte (10 images, ROC AUC 1.00) from the other classes: " \
+           "fine-tuning anyway" in caplog.text, "said before the fine-tune too"
     warning = next(line for line in result.output.splitlines() if "background colour" in line)
     assert warning.startswith("warning: in the lab's folder, the background colour alone (ROC AUC 0.5 = chance) tells "
                               "monocyte (10 images, ROC AUC 1.00) from the other classes"), warning

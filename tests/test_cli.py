@@ -413,7 +413,7 @@ def test_any_labelled_folder_is_an_evaluation_set(model_run, synthetic_data, tmp
     refused = invoke("evaluate", model, "--model", "elsewhere", "--images", lab, "--no-track")
     assert refused.exit_code == 2 and "two models given" in refused.output
     refused = invoke("evaluate", "models:/wbc-classifier@nosuch", "--images", lab, "--no-track")
-    assert refused.exit_code == 1 and "register one (wbc main, wbc register), or give another model" in refused.output
+    assert refused.exit_code == 1 and "register one (wbc main, wbc register; a lab's: wbc adapt FOLDER --alias NAME), or give another model" in refused.output
     flagged = rows["in_distribution"] == False  # noqa: E712
     wrong = rows["true"] != rows["predicted"]
     assert metrics["images_flagged"] == pytest.approx(flagged.mean())

@@ -528,6 +528,7 @@ def adapt(images: str, alias: str, model: str, data_dir: str, experiment: str, o
     from wbc.tracking.runs import configure_tracking
 
     configure_tracking(experiment=None)
+    click.echo(f"adapting {_model_line(model)}")
     result = adapt_model(model, images, alias, data_dir=data_dir, experiment=experiment, output_dir=output_dir,
                          flag_rate=flag_rate, labelled_per_class=labelled_per_class, steps=steps, seed=seed,
                          source_weight=source_weight, onnx=onnx, cache_dir=cache_dir)

@@ -78,10 +78,24 @@ def resolved_model(model: str) -> Iterator[Path]:
         except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
             explained = server_refusal(error) or f"cannot load this model URI ({str(error).splitlines()[0]})"
             if model.startswith("models:/") and "not found" in explained:
-                explained += ("; register one (wbc main, wbc register), or give another model: a runs:/<id>/model URI "
-                              "or an exported model folder")
+                explained += (f"{_aliases_now(model)}; register one (wbc main, wbc register; a lab's: wbc adapt FOLDER "
+                              "--alias NAME), or give another model: a runs:/<id>/model URI or an exported model folder")
             raise ModelLoadError(f"{model}: {explained}") from None
         yield _exported_inside(downloaded)
+
+
+def _aliases_now(model: str) -> str:
+    """``; the aliases of <name> now: a (version 1), b (version 2)`` for the registered name in a ``models:/``
+    URI, or ``""`` when it has none or cannot be read."""
+    import mlflow
+
+    name = model[len("models:/"):].split("@")[0].split("/")[0]
+    try:
+        aliases = mlflow.MlflowClient().get_registered_model(name).aliases
+    except Exception:  # noqa: BLE001 - no such name, or a store that cannot say: nothing to add
+        return ""
+    listed = ", ".join(f"{alias} (version {version})" for alias, version in sorted(aliases.items()))
+    return f"; the aliases of {name} now: {listed}" if listed else ""
 
 
 def _exported_inside(directory: Path) -> Path:

@@ -110,6 +110,11 @@ class AdaptResult:
         elif self.tuned:
             lines.append("no labelled cells were left to measure on (all were fine-tuned on): the lab's accuracy is not "
                          "measured; hold some out with a lower --labelled-per-class")
+        else:
+            lines.append("the lab's accuracy is not measured (no labelled cells): before serving it, score it and the "
+                         "model it came from on labelled cells of the lab's (<class>/<image>) with wbc evaluate MODEL "
+                         "--images FOLDER; its out-of-distribution flag fires on a set share of these images by "
+                         "construction (--flag-rate), which says nothing of the cells it gets wrong")
         for name, evaluation in (("before", self.valid_before), ("after", self.valid_after)):
             lines.append(f"PBC valid {name}: accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}")
         lines += [f"warning: {warning}" for warning in self.warnings()]
@@ -208,6 +213,9 @@ def adapt_model(
     measurable = labelled is not None and len(measured) > 0
     lab_before = _scores(predictor, measured) if measurable else None
     acquisition = check_acquisition(lab.pixels, lab.targets) if labelled_per_class else None
+    if acquisition is not None and acquisition.apart:
+        log.warning("%s: the background colour alone %s: fine-tuning anyway (more in the warning at the end)", images,
+                    acquisition.told())
     valid_before = _scores(predictor, valid)
 
     reestimate_batch_norm(predictor.model, lab.pixels, source_weight=source_weight)

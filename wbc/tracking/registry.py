@@ -290,6 +290,13 @@ def source_run_id(model: str) -> str | None:
     return client.get_model_version(name, version).run_id
 
 
+def _store_exists() -> bool:
+    """False for a SQLite store whose file is not there yet: reading never creates a store (MLflow would make an
+    empty database on first contact)."""
+    database = sqlite_file(mlflow.get_tracking_uri())
+    return database is None or database.exists()
+
+
 def adaptation_run(model: str):
     """The MLflow run of kind ``adapt`` that made ``model`` (a model URI, or the exported folder ``<output dir>/<run
     id>/model`` that run wrote), or None: another kind of run, another reference, or no store that knows it."""
@@ -297,8 +304,7 @@ def adaptation_run(model: str):
     candidate = Path(model).parent.name if local else None
     if local and not re.fullmatch(r"[0-9a-f]{32}", candidate):
         return None
-    # reading never creates a store: MLflow would make an empty database on first contact
-    if (database := sqlite_file(mlflow.get_tracking_uri())) is not None and not database.exists():
+    if not _store_exists():
         return None
     try:
         run = mlflow.MlflowClient().get_run(candidate or source_run_id(model))
@@ -317,7 +323,7 @@ def version_params(model: str) -> dict[str, str]:
 def registered_version(model: str):
     """The registered model version a ``models:/name@alias`` or ``models:/name/N`` URI means now (None for other
     references, or when there is none)."""
-    if not model.startswith("models:/") or model[len("models:/"):].startswith("m-"):
+    if not model.startswith("models:/") or model[len("models:/"):].startswith("m-") or not _store_exists():
         return None
     reference = model[len("models:/"):].strip("/")
     client = mlflow.MlflowClient()
