@@ -156,8 +156,10 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
     assert "the lab's accuracy is not measured (no labelled cells): before serving it, score it" in result.output
     version = mlflow.MlflowClient().get_model_version_by_alias("wbc-classifier", "lab-b")
     assert version.tags["adapted_for"] == "lab-b"
+    assert version.tags["adapted_from"] == "models:/wbc-classifier/1", "the version the alias meant, not the alias"
     params = mlflow.MlflowClient().get_run(version.run_id).data.params
     assert params["batch_norm_source_weight"] == "0.5" and params["method"] == "batch-norm statistics (AdaBN), 0.5 of PBC's kept"
+    assert params["source_model"] == "models:/wbc-classifier@champion" and params["source_model_version"] == "models:/wbc-classifier/1"
     again = invoke("adapt", lab, "--alias", "lab-b", "--data-dir", synthetic_data, "--no-onnx")
     assert again.exit_code == 0 and f"now models:/wbc-classifier@lab-b (moved from version {version.version})" in again.output
     # the served version carries the mix: half the champion's statistics, half those of the lab's images alone
@@ -207,6 +209,9 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     assert line.startswith("warning: ") and line.endswith("score it without --tta for its flags, or for a model wbc trained, "
                                                           "fit them with wbc calibrate <run id>"), line
     assert "UserWarning" not in with_tta.output
+    predicted = invoke("predict", other / "Monocyte", "--model", "models:/wbc-classifier@lab-c", "--tta", "--output", tmp_path / "p.csv")
+    assert predicted.exit_code == 0, predicted.output
+    assert "(0 unreadable, flags unknown: no thresholds for this model with --tta; every cell counted)" in predicted.output
     # an alias that is not there: the ones that are
     missing = invoke("evaluate", "models:/wbc-classifier@lab-z", "--images", other, "--no-track")
     assert missing.exit_code == 1 and ("the aliases of wbc-classifier now: champion (version 1), lab-c (version 2); register "

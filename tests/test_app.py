@@ -196,6 +196,21 @@ def test_api_refuses_requests_with_nothing_to_classify(app_url):
     zipfile.ZipFile(empty, "w").close()
     empty_zip = requests.post(f"{app_url}/api/classify", files={"files": ("cells.zip", io.BytesIO(empty.getvalue()))}, timeout=30)
     assert empty_zip.status_code == 400 and "cells.zip: the zip archive holds no image files" in empty_zip.json()["detail"]
+    described = requests.get(f"{app_url}/api/model", timeout=30).json()
+    assert "version" in described and described["version"] is None, "a folder, not a registered version"
+
+
+def test_the_page_says_when_its_port_is_taken_before_it_loads_the_model(app_url, exported_model):
+    from click.testing import CliRunner
+
+    from wbc.cli import cli
+
+    port = app_url.rsplit(":", 1)[1]
+    taken = CliRunner().invoke(cli, ["app", "--model", str(exported_model), "--port", port])
+    assert taken.exit_code == 1, taken.output
+    assert f"Error: cannot listen on 127.0.0.1:{port} (Address already in use): another server has it? choose another " \
+           "with --port" in taken.output and "open http" not in taken.output
+    assert requests.get(f"{app_url}/health", timeout=10).status_code == 200, "the other server is untouched"
 
 
 def test_the_page_on_an_address_other_machines_reach_refuses_to_start_without_logins(exported_model, tmp_path):

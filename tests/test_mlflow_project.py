@@ -225,6 +225,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, synthetic_dat
     cases = {
         "malformed JSON": ("{not json", "application/json", None),
         "missing image column": (json.dumps({"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}), "application/json", "image"),
+        "no rows": (json.dumps({"dataframe_split": {"columns": ["image"], "data": []}}), "application/json",
+                    "the request holds no rows: send one row per image, in the column 'image'"),
         "invalid base64": (json.dumps(split("@@@not-base64@@@")), "application/json", "not valid base64"),
         "not an image": (json.dumps(split(_b64(b"hello, I am text"))), "application/json", "not an image"),
         "truncated JPEG": (json.dumps(split(_b64(jpeg[: len(jpeg) // 2]))), "application/json", "truncated"),

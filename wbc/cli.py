@@ -414,9 +414,10 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
     for _, row in errors.iterrows():
         click.echo(f"error: {row['error']}", err=True)
     review = int((table["review"] == True).sum())  # noqa: E712
-    click.echo(
-        f"wrote {len(table)} rows ({len(errors)} unreadable, {len(unlike)} out of distribution, {review} to review) to {output}"
-    )
+    scored = table[table["error"] == ""]
+    flags = (f"{len(unlike)} out of distribution, {review} to review" if scored["in_distribution"].notna().all()
+             else "flags unknown: no thresholds for this model" + (" with --tta" if tta else "") + "; every cell counted")
+    click.echo(f"wrote {len(table)} rows ({len(errors)} unreadable, {flags}) to {output}")
     click.echo(f"model: {_model_line(model)}")
 
 
@@ -469,13 +470,14 @@ def app(model: str, host: str, port: int, auth_file: str | None, tta: bool) -> N
     import uvicorn
 
     from wbc.app.auth import AUTH_FILE_VARIABLE, AuthConfigError, is_loopback, read_logins
-    from wbc.app.server import create_app
+    from wbc.app.server import check_port_free, create_app
     from wbc.tracking.runs import configure_tracking
 
     if auth_file is None and not is_loopback(host):
         raise AuthConfigError(f"wbc app on {host} is open to other machines and needs logins: create them with "
                               f"wbc app-login NAME --auth-file FILE, then start with --auth-file FILE (or {AUTH_FILE_VARIABLE}=FILE)")
     logins = read_logins(auth_file) if auth_file else None
+    check_port_free(host, port)  # before the model loads
     configure_tracking(experiment=None)
     web_app = create_app(model, logins=logins, tta=tta)
     click.echo(f"model: {_model_line(model)}")

@@ -31,6 +31,7 @@ from wbc.errors import WBCError
 from wbc.evaluation.explain import GradCam, image_png, overlay_png
 from wbc.inference import Prediction, Predictor
 from wbc.serving.tables import counted_cells, differential_count, display_path, out_of_distribution, predictions_frame
+from wbc.tracking.registry import registered_version
 
 PAGE = Path(__file__).with_name("index.html")
 MAX_FILES = 500
@@ -140,9 +141,10 @@ def _expand_zip(name: str, data: bytes, budget: _Budget) -> list[tuple[str, byte
 class CellClassifier:
     """Scores uploads with a :class:`Predictor` and explains each prediction with Grad-CAM."""
 
-    def __init__(self, predictor: Predictor, model_uri: str) -> None:
+    def __init__(self, predictor: Predictor, model_uri: str, version: str | None = None) -> None:
         self.predictor = predictor
         self.model_uri = model_uri
+        self.version = version
         self.gradcam = GradCam(predictor.model)
         # Grad-CAM hooks the shared model while it runs: one request at a time uses it
         self.lock = threading.Lock()
@@ -152,6 +154,7 @@ class CellClassifier:
         own = self.predictor.calibration
         info = {
             "model": self.model_uri,
+            "version": self.version,
             "arch": self.predictor.model.arch,
             "image_size": self.predictor.image_size,
             "classes": list(CLASS_NAMES),
@@ -176,7 +179,7 @@ class CellClassifier:
         predictions = self.predictor.predict_received(cells, keep_pixels=True)
         good = [p for p in predictions if p.error is None]
         if not good:
-            reasons = "; ".join(p.error for p in predictions[:5]) or "no files were uploaded"
+            reasons = "; ".join(p.error for p in predictions[:5]) or "no files were uploaded (multipart form parts named 'files')"
             raise UploadError(f"nothing could be classified: {reasons}")
         heatmaps = self._heatmaps(good[:HEATMAP_LIMIT])
         rows = [self._row(index, p, heatmaps.get(id(p))) for index, p in enumerate(predictions)]
@@ -230,13 +233,34 @@ def batch_summary(predictions: list[Prediction]) -> dict:
     }
 
 
+class PortInUse(WBCError):
+    """The address and port the page should listen on are taken."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises :class:`PortInUse` when another server listens on ``host``:``port`` (or it cannot be bound), so the
+    page says so before it loads a model and prints an address that is not its own."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as error:
+        raise PortInUse(f"cannot listen on {host}:{port} ({error.strerror or error}): another server has it? "
+                        "choose another with --port") from None
+
+
 def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH, logins: dict[str, str] | None = None,
                tta: bool = False) -> FastAPI:
     """The page and its API on ``model_uri`` (with ``tta``, scoring the mean logits of each image's 8 flips/rotations;
     Grad-CAM still explains the image as uploaded). With ``logins`` (``{name: scrypt hash}``, :mod:`wbc.app.auth`) every
     route but ``/health`` needs HTTP basic auth. Uploads are held in memory, never spooled to disk, and neither
     they nor their names are logged."""
-    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size, tta=tta, torch_model=True), model_uri)
+    registered = registered_version(model_uri)
+    version = None if registered is None else f"{registered.name} version {registered.version} (run {registered.run_id})"
+    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size, tta=tta, torch_model=True), model_uri, version)
     MultiPartParser.spool_max_size = MAX_ZIP_BYTES + 1  # starlette spools bigger parts to a temporary file
     login = _login_check(logins)
     app = FastAPI(title="wbc", description="White blood cell classification", version="1")

@@ -37,7 +37,7 @@ from wbc.inference import Predictor, export_metrics, export_model
 from wbc.inference.calibration import is_blank
 from wbc.serving.pyfunc import log_pyfunc_model
 from wbc.tracking.datasets import log_image_dataset
-from wbc.tracking.registry import check_lab_alias, register_adapted
+from wbc.tracking.registry import check_lab_alias, register_adapted, registered_version
 from wbc.tracking.runs import RUN_KIND_TAG, configure_tracking, log_params_once, run_tags
 from wbc.training.adaptation import MIN_BATCH_NORM_IMAGES, check_source_weight, fine_tune_few_shot, reestimate_batch_norm
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS, LABEL_FREE_SOURCE_WEIGHT
@@ -197,7 +197,9 @@ def adapt_model(
     if labelled_per_class:
         BarcelonaDataset(data_dir, "train")
 
-    predictor = Predictor.load(model, runtime="torch")
+    source_version = registered_version(model)  # now: an alias can move while this runs, and after
+    source = model if source_version is None else f"models:/{source_version.name}/{source_version.version}"
+    predictor = Predictor.load(source, runtime="torch")
     size = predictor.image_size
     lab = load_folder(images, size, cache_dir=cache_dir) if labelled else load_unlabelled(images, size, cache_dir=cache_dir)
     valid = load_split(data_dir, "valid", size, cache_dir=cache_dir)
@@ -248,7 +250,7 @@ def adapt_model(
     statistics = batch_norm_method(source_weight)
     configure_tracking(experiment)
     with mlflow.start_run(run_name=f"adapt to {lab_name} ({alias})", tags=run_tags(**{RUN_KIND_TAG: "adapt"})) as run:
-        log_params_once({"source_model": model, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
+        log_params_once({"source_model": model, "source_model_version": source, "images": str(Path(images).resolve()), "alias": alias, "image_count": len(lab),
                          "labelled": bool(labelled), "labelled_per_class": labelled_per_class, "steps": steps if labelled_per_class else 0,
                          **({"few_shot_augment": FEW_SHOT_AUGMENTATION} if labelled_per_class else {}),
                          "seed": seed, "held_out": len(measured) if measurable else 0,
@@ -269,7 +271,7 @@ def adapt_model(
         export_model(predictor.model, size, export_dir, predictor.calibration, onnx=onnx, check_images=valid.pixels)
         mlflow.log_metrics(export_metrics(export_dir))
         log_pyfunc_model(export_dir, example_image=valid.paths[0])
-    version, previous_version = register_adapted(run.info.run_id, alias, source=model)
+    version, previous_version = register_adapted(run.info.run_id, alias, source=source)
     return AdaptResult(run.info.run_id, version, alias, len(lab), len(tuning), len(measured) if measurable else 0,
                        lab_before, lab_after, valid_before, valid_after, predictor.calibration.fitted_on, source_weight,
                        previous_version, acquisition)

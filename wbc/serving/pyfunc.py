@@ -5,9 +5,9 @@ PNG file (any size). Output, one row per input row (same index): ``label`` (clas
 ``confidence`` (its probability), ``prob_<class>`` for each of the eight classes,
 ``in_distribution_score`` and ``in_distribution`` (false: the image is unfamiliar to the model),
 ``review`` (true: confidence below the model's review threshold) and ``error`` (empty, or why that
-row could not be scored; its label is then empty). Probabilities are temperature-calibrated and the
-two flags set when the model carries a calibration (:mod:`wbc.inference.calibration`); otherwise the flags are null. A request in which no
-row can be scored is refused with HTTP 400 and the reason. The request parameter ``tta`` (MLflow's ``params``,
+row could not be scored, rows counted from 0; its label is then empty). Probabilities are temperature-calibrated and the
+two flags set when the model carries a calibration (:mod:`wbc.inference.calibration`); otherwise the flags are null. A request
+with no rows, or in which no row can be scored, is refused with HTTP 400 and the reason. The request parameter ``tta`` (MLflow's ``params``,
 default false) scores the mean logits of each image's 8 flips/rotations instead (8x the compute).
 
 Preprocessing is :class:`wbc.inference.Predictor`'s, the same as ``wbc evaluate`` and ``wbc predict``.
@@ -104,6 +104,9 @@ class WBCImageClassifier(mlflow.pyfunc.PythonModel):
                 f"input must be a table with a string column '{IMAGE_COLUMN}' of base64-encoded image files",
                 INVALID_PARAMETER_VALUE,
             )
+        if len(model_input) == 0:
+            raise MlflowException(f"the request holds no rows: send one row per image, in the column '{IMAGE_COLUMN}'",
+                                  INVALID_PARAMETER_VALUE)
         names = [f"row {position}" for position in range(len(model_input))]
         predictor = self.predictor
         if (params or {}).get(TTA_PARAM):
