@@ -173,7 +173,7 @@ def test_adapting_to_unlabelled_images_and_a_reserved_alias(champion, synthetic_
 
 
 def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_others(champion, synthetic_data, tmp_path, caplog):
-    trained, _ = champion
+    trained, registration = champion
     lab = _lab(tmp_path / "lab-c", labelled=True)
     result = invoke("adapt", lab, "--alias", "lab-c", "--labelled-per-class", 3, "--steps", 30, "--data-dir", synthetic_data,
                     "--no-onnx")
@@ -212,6 +212,13 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     predicted = invoke("predict", other / "Monocyte", "--model", "models:/wbc-classifier@lab-c", "--tta", "--output", tmp_path / "p.csv")
     assert predicted.exit_code == 0, predicted.output
     assert "(0 unreadable, flags unknown: no thresholds for this model with --tta; every cell counted)" in predicted.output
+    listed = invoke("versions")
+    assert listed.exit_code == 0, listed.output
+    header, newest, oldest = listed.output.splitlines()
+    assert header.split() == ["version", "aliases", "kind", "made", "run_id", "created"]
+    assert newest.split()[:7] == ["2", "lab-c", "adapt", "for", "lab-c", "from", "models:/wbc-classifier/1"]
+    assert newest.split()[7] == run.info.run_id
+    assert oldest.split()[:5] == ["1", "champion", "train", "best_val_f1", f"{registration.value:.4f}"], oldest
     # an alias that is not there: the ones that are
     missing = invoke("evaluate", "models:/wbc-classifier@lab-z", "--images", other, "--no-track")
     assert missing.exit_code == 1 and ("the aliases of wbc-classifier now: champion (version 1), lab-c (version 2); register "

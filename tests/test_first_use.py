@@ -53,6 +53,14 @@ def test_loading_a_model_from_a_store_that_does_not_exist_creates_nothing(comman
     assert sorted(path.name for path in tmp_path.iterdir()) == before, "no mlflow.db, no mlruns/"
 
 
+def test_listing_versions_before_any_store_says_how_to_make_one_and_creates_nothing(tmp_path):
+    before = sorted(path.name for path in tmp_path.iterdir())
+    result = invoke("versions")
+    assert result.exit_code == 0 and "no registered versions of wbc-classifier in sqlite:///" in result.output
+    assert "wbc main registers the first" in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == before, "no mlflow.db"
+
+
 def test_serving_a_missing_model_leaves_the_store_as_it_was():
     client = mlflow.MlflowClient()
     experiments = [e.name for e in client.search_experiments()]

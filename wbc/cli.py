@@ -545,6 +545,25 @@ def download(data_dir: str) -> None:
     _fetch_data(data_dir)
 
 
+@cli.command()
+@_option("--model-name", default=defaults.MODEL_NAME, show_default=True)
+def versions(model_name: str) -> None:
+    """List the registered versions of the model, newest first: aliases (champion, a lab's), the kind of run that made
+    each, how (selection metric, or the lab and version it was adapted from), run and date."""
+    import pandas as pd
+
+    from wbc.tracking.registry import list_versions
+    from wbc.tracking.runs import configure_tracking
+
+    uri = configure_tracking(experiment=None)
+    rows = list_versions(model_name)
+    if not rows:
+        click.echo(f"no registered versions of {model_name} in {uri}: wbc main registers the first (or point "
+                   "MLFLOW_TRACKING_URI at the store that holds them)")
+        return
+    click.echo(pd.DataFrame(rows).to_string(index=False))
+
+
 @cli.command("models")
 def list_architectures() -> None:
     """List the model architectures."""

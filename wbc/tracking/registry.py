@@ -10,6 +10,7 @@ which then keeps alias ``previous``; a candidate that does not beat the champion
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import re
@@ -311,6 +312,40 @@ def adaptation_run(model: str):
     except (MlflowException, OSError):
         return None
     return run if run.data.tags.get(RUN_KIND_TAG) == "adapt" else None
+
+
+def list_versions(model_name: str = DEFAULT_MODEL_NAME) -> list[dict[str, str]]:
+    """Every registered version of ``model_name``, newest first: ``version``, ``aliases`` (comma-separated),
+    ``kind`` (the run's ``wbc.kind``: train, average, adapt, ...), ``made`` (for a selected one, its selection metric
+    and value; for an adapted one, the lab's alias it was made for and the version it came from), ``run_id`` and
+    ``created`` (UTC, to the minute). Empty when the name is not registered or there is no store yet."""
+    if not _store_exists():
+        return []
+    client = MlflowClient()
+    try:
+        aliases = client.get_registered_model(model_name).aliases or {}
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, number in aliases.items():
+        by_version.setdefault(str(number), []).append(alias)
+    rows = []
+    for version in sorted(client.search_model_versions(f"name = '{model_name}'"), key=lambda v: -int(v.version)):
+        tags = version.tags or {}
+        try:
+            kind = client.get_run(version.run_id).data.tags.get(RUN_KIND_TAG, "") if version.run_id else ""
+        except MlflowException:
+            kind = "(run deleted)"
+        if "adapted_for" in tags:
+            made = f"for {tags['adapted_for']} from {tags.get('adapted_from', '?')}"
+        elif "metric" in tags:
+            made = f"{tags['metric']} {float(tags.get('metric.' + tags['metric'], 'nan')):.4f}"
+        else:
+            made = ""
+        created = datetime.datetime.fromtimestamp(version.creation_timestamp / 1000, datetime.timezone.utc)
+        rows.append({"version": str(version.version), "aliases": ",".join(sorted(by_version.get(str(version.version), []))),
+                     "kind": kind, "made": made, "run_id": version.run_id or "", "created": created.strftime("%Y-%m-%d %H:%M")})
+    return rows
 
 
 def version_params(model: str) -> dict[str, str]:
