@@ -126,7 +126,7 @@ def test_an_onnx_file_from_other_weights_is_not_used(tmp_path):
 
 
 def _cell_files(folder, count: int) -> list:
-    from tests.conftest import cell_image
+    from conftest import cell_image
 
     folder.mkdir()
     paths = []
