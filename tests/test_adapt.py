@@ -198,6 +198,10 @@ def test_fine_tuning_on_a_few_labelled_cells_of_each_class_measures_on_the_other
     assert evaluated.exit_code == 0, evaluated.output
     assert (f"models:/wbc-classifier@lab-c was fine-tuned on 9 of these cells by wbc adapt (run {run.info.run_id}), so "
             f"its scores on them are flattered; on the 9 it held out it scored {metrics['lab_after_acc_present']:.4f}") in caplog.text
+    caplog.clear()
+    folder = Path("outputs") / run.info.run_id / "model"  # the exported folder the adapt run wrote: the same warning
+    assert invoke("evaluate", folder, "--images", lab, "--no-track", "--output-dir", tmp_path / "r").exit_code == 0
+    assert f"{folder} was fine-tuned on 9 of these cells by wbc adapt (run {run.info.run_id})" in caplog.text
     other = _lab(tmp_path / "lab-c2", labelled=True)
     caplog.clear()
     assert invoke("evaluate", "models:/wbc-classifier@lab-c", "--images", other, "--no-track", "--output-dir", tmp_path / "r").exit_code == 0

@@ -300,11 +300,12 @@ def _store_exists() -> bool:
 
 def adaptation_run(model: str):
     """The MLflow run of kind ``adapt`` that made ``model`` (a model URI, or the exported folder ``<output dir>/<run
-    id>/model`` that run wrote), or None: another kind of run, another reference, or no store that knows it."""
+    id>/model`` that run wrote, looked up in a local SQLite store only), or None: another kind of run, another
+    reference, or no store that knows it."""
     local = "://" not in model and ":/" not in model
     candidate = Path(model).parent.name if local else None
-    if local and not re.fullmatch(r"[0-9a-f]{32}", candidate):
-        return None
+    if local and (not re.fullmatch(r"[0-9a-f]{32}", candidate) or sqlite_file(mlflow.get_tracking_uri()) is None):
+        return None  # a folder needs no store to load: a remote one is not asked (it may be down)
     if not _store_exists():
         return None
     try:
