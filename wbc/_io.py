@@ -21,6 +21,13 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
 
 
+def store_not_created(uri: str) -> bool:
+    """True for a SQLite store URI whose database file is not there yet. Readers check it first: MLflow would make an
+    empty database (and an experiment) on first contact."""
+    database = sqlite_file(uri)
+    return database is not None and not database.exists()
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call ``write(handle)`` on a scratch file beside ``path``, then move it into place."""
     path = Path(path)

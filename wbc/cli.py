@@ -202,10 +202,10 @@ def _registry_options(function):
 
 def _model_line(model: str) -> str:
     """``model``, and for a registered name or alias the version (and run) it means now."""
-    from wbc.tracking.registry import registered_version
+    from wbc.tracking.registry import version_line
 
-    version = registered_version(model)
-    return model if version is None else f"{model} = {version.name} version {version.version} (run {version.run_id})"
+    line = version_line(model)
+    return model if line is None else f"{model} = {line}"
 
 
 def _registration_lines(registration) -> str:

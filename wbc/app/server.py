@@ -31,7 +31,7 @@ from wbc.errors import WBCError
 from wbc.evaluation.explain import GradCam, image_png, overlay_png
 from wbc.inference import Prediction, Predictor
 from wbc.serving.tables import counted_cells, differential_count, display_path, out_of_distribution, predictions_frame
-from wbc.tracking.registry import registered_version
+from wbc.tracking.registry import version_line
 
 PAGE = Path(__file__).with_name("index.html")
 MAX_FILES = 500
@@ -258,9 +258,8 @@ def create_app(model_uri: str, batch_size: int = defaults.SCORING_BATCH, logins:
     Grad-CAM still explains the image as uploaded). With ``logins`` (``{name: scrypt hash}``, :mod:`wbc.app.auth`) every
     route but ``/health`` needs HTTP basic auth. Uploads are held in memory, never spooled to disk, and neither
     they nor their names are logged."""
-    registered = registered_version(model_uri)
-    version = None if registered is None else f"{registered.name} version {registered.version} (run {registered.run_id})"
-    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size, tta=tta, torch_model=True), model_uri, version)
+    classifier = CellClassifier(Predictor.load(model_uri, batch_size=batch_size, tta=tta, torch_model=True), model_uri,
+                                version_line(model_uri))
     MultiPartParser.spool_max_size = MAX_ZIP_BYTES + 1  # starlette spools bigger parts to a temporary file
     login = _login_check(logins)
     app = FastAPI(title="wbc", description="White blood cell classification", version="1")

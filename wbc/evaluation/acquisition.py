@@ -73,6 +73,12 @@ class AcquisitionCheck:
             return f"tells {each} from the other classes, and {couple} from each other"
         return f"tells {each} from the other classes" if each else f"tells apart {couple}" if couple else ""
 
+    def finding(self) -> str:
+        """The finding in one clause, as ``wbc evaluate`` and ``wbc adapt`` warn of it: ``the background colour alone
+        (ROC AUC 0.5 = chance) tells ...: those cells were likely photographed on other slides, days or cameras``."""
+        return (f"the background colour alone (ROC AUC 0.5 = chance) {self.told()}: those cells were likely photographed "
+                "on other slides, days or cameras")
+
 
 def background_colours(pixels: np.ndarray) -> np.ndarray:
     """Each image's background colour: the :data:`BACKGROUND_PERCENTILE` th percentile of each channel.

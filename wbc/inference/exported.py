@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from wbc._io import sqlite_file
+from wbc._io import store_not_created
 from wbc.errors import WBCError, server_refusal
 from wbc.inference.calibration import Calibration
 from wbc.inference.onnx import INT8_FILE, ONNX_FILE, OnnxNetwork, OnnxUnavailable, file_digest
@@ -68,8 +68,7 @@ def resolved_model(model: str) -> Iterator[Path]:
     import mlflow
 
     store = mlflow.get_tracking_uri()
-    # reading never creates a store: MLflow would make an empty database (and an experiment) on first contact
-    if (database := sqlite_file(store)) is not None and not database.exists():
+    if store_not_created(store):
         raise ModelLoadError(f"{model}: there is no MLflow store at {store} yet: train and register a model first "
                              "(wbc main), or point MLFLOW_TRACKING_URI at the store that holds it")
     with tempfile.TemporaryDirectory(prefix="wbc-model-") as scratch:

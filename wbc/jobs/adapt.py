@@ -77,10 +77,8 @@ class AdaptResult:
         classes were photographed apart from the others."""
         found = []
         if self.acquisition is not None and self.acquisition.apart:
-            told = self.acquisition.told()
             measured = "; the accuracy measured on them says little about the cells" if self.measured else ""
-            found.append(f"in the lab's folder, the background colour alone (ROC AUC 0.5 = chance) {told}: those cells "
-                         "were likely photographed on other slides, days or cameras, so a fine-tune can learn the photograph "
+            found.append(f"in the lab's folder, {self.acquisition.finding()}, so a fine-tune can learn the photograph "
                          f"rather than the cell{measured}. Label cells of every class on each of those sources")
         before, after = self.lab_before, self.lab_after
         if before is not None and after is not None:

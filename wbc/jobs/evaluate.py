@@ -69,11 +69,11 @@ def evaluate_model(
     ``photographed_apart``. Returns the scores and the files written. Raises :class:`~wbc.data.DatasetError` for missing or
     misnamed data before the model loads."""
     if images is not None:
-        LabelledFolder(images)
+        listed = LabelledFolder(images)
         prefix, source = "images", str(Path(images).resolve())
         dataset_root, dataset_name, context = images, Path(images).resolve().name, "evaluation"
     else:
-        BarcelonaDataset(data_dir, split)
+        listed = BarcelonaDataset(data_dir, split)
         prefix, source = split, str(Path(data_dir).resolve())
         dataset_root, dataset_name, context = Path(data_dir) / "barcelona", f"barcelona/{split}", split
     predictor = Predictor.load(model, batch_size=batch_size, tta=tta, runtime=runtime)
@@ -84,16 +84,14 @@ def evaluate_model(
             dataset = load_split(data_dir, split, predictor.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
     except ImageDecodeError as error:
         raise ImageDecodeError(f"{error}: remove or replace the unreadable file(s), or leave them out with --skip-bad-images") from None
-    samples = LabelledFolder(images).samples if images is not None else BarcelonaDataset(data_dir, split).samples
-    skipped = len(samples) - len(dataset)
+    skipped = len(listed.samples) - len(dataset)
     if images is not None and (flattered := adapted_on_these_cells(model, images)):
         log.warning(flattered)
     acquisition = check_acquisition(dataset.pixels, dataset.targets) if images is not None else None
     if acquisition is not None and acquisition.apart:
-        log.warning("%s: the background colour alone (ROC AUC 0.5 = chance) %s: those cells were likely photographed on "
-                    "other slides, days or cameras, so their scores hold for cells photographed that way, and a fine-tune "
-                    "on this folder (wbc adapt) can learn the photograph rather than the cell: label cells of every "
-                    "class on each of those sources", images, acquisition.told())
+        log.warning("%s: %s, so their scores hold for cells photographed that way, and a fine-tune on this folder (wbc "
+                    "adapt) can learn the photograph rather than the cell: label cells of every class on each of those "
+                    "sources", images, acquisition.finding())
     scores = predictor.score_pixels(dataset.pixels)
     in_distribution, review = predictor.flags(scores, dataset.pixels)
     evaluation = Evaluation.from_scores(dataset.targets, scores.probabilities, in_distribution, review)

@@ -13,7 +13,7 @@ import mlflow
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from wbc._io import held_lock, lock_holder, sqlite_file
+from wbc._io import held_lock, lock_holder, store_not_created
 from wbc.data import BarcelonaDataModule
 from wbc.evaluation.reports import Evaluation
 from wbc.evaluation.shiftbench import ShiftBenchResult
@@ -208,7 +208,7 @@ def _trained_elsewhere(run) -> int | None:
 def resumable_run(config: TrainConfig):
     """The run ``config.resume`` names, checked resumable, without creating a store or an experiment on the way."""
     store = configure_tracking(experiment=None)
-    if (database := sqlite_file(store)) is not None and not database.exists():
+    if store_not_created(store):
         raise ConfigError(f"resume={config.resume!r}: there is no MLflow store at {store}, so no run to resume")
     return find_resumable_run(config.resume, config.experiment)
 

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from wbc import defaults
-from wbc._io import sqlite_file
+from wbc._io import sqlite_file, store_not_created
 from wbc.errors import WBCError
 from wbc.evaluation.shiftbench import BENCHMARK_METRICS, CLEAN_METRIC, SELECTION_METRIC
 from wbc.tracking.runs import RUN_KIND_TAG, benchmark_is_standard
@@ -291,22 +291,16 @@ def source_run_id(model: str) -> str | None:
     return client.get_model_version(name, version).run_id
 
 
-def _store_exists() -> bool:
-    """False for a SQLite store whose file is not there yet: reading never creates a store (MLflow would make an
-    empty database on first contact)."""
-    database = sqlite_file(mlflow.get_tracking_uri())
-    return database is None or database.exists()
-
-
 def adaptation_run(model: str):
     """The MLflow run of kind ``adapt`` that made ``model`` (a model URI, or the exported folder ``<output dir>/<run
     id>/model`` that run wrote, looked up in a local SQLite store only), or None: another kind of run, another
     reference, or no store that knows it."""
+    store = mlflow.get_tracking_uri()
     local = "://" not in model and ":/" not in model
     candidate = Path(model).parent.name if local else None
-    if local and (not re.fullmatch(r"[0-9a-f]{32}", candidate) or sqlite_file(mlflow.get_tracking_uri()) is None):
+    if local and (not re.fullmatch(r"[0-9a-f]{32}", candidate) or sqlite_file(store) is None):
         return None  # a folder needs no store to load: a remote one is not asked (it may be down)
-    if not _store_exists():
+    if store_not_created(store):
         return None
     try:
         run = mlflow.MlflowClient().get_run(candidate or source_run_id(model))
@@ -320,7 +314,7 @@ def list_versions(model_name: str = DEFAULT_MODEL_NAME) -> list[dict[str, str]]:
     ``kind`` (the run's ``wbc.kind``: train, average, adapt, ...), ``made`` (for a selected one, its selection metric
     and value; for an adapted one, the lab's alias it was made for and the version it came from), ``run_id`` and
     ``created`` (UTC, to the minute). Empty when the name is not registered or there is no store yet."""
-    if not _store_exists():
+    if store_not_created(mlflow.get_tracking_uri()):
         return []
     client = MlflowClient()
     try:
@@ -349,6 +343,12 @@ def list_versions(model_name: str = DEFAULT_MODEL_NAME) -> list[dict[str, str]]:
     return rows
 
 
+def version_line(model: str) -> str | None:
+    """``<name> version <N> (run <id>)`` for what a registered name or alias means now; None for other references."""
+    version = registered_version(model)
+    return None if version is None else f"{version.name} version {version.version} (run {version.run_id})"
+
+
 def version_params(model: str) -> dict[str, str]:
     """What a run that scored ``model`` records about it: for a registered name or alias, the version and the training
     run behind it now (an alias moves later); nothing for other references."""
@@ -359,7 +359,8 @@ def version_params(model: str) -> dict[str, str]:
 def registered_version(model: str):
     """The registered model version a ``models:/name@alias`` or ``models:/name/N`` URI means now (None for other
     references, or when there is none)."""
-    if not model.startswith("models:/") or model[len("models:/"):].startswith("m-") or not _store_exists():
+    if not model.startswith("models:/") or model[len("models:/"):].startswith("m-") \
+            or store_not_created(mlflow.get_tracking_uri()):
         return None
     reference = model[len("models:/"):].strip("/")
     client = mlflow.MlflowClient()
