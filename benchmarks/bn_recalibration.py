@@ -22,6 +22,7 @@ from wbc.data import load_split
 from wbc.data.augmentation import train_augmentation
 from wbc.data.settings import AUGMENTATIONS
 from wbc.inference import Predictor, load_model_from
+from wbc.models import BATCH_NORMS
 from wbc._process import tune_malloc_and_reexec
 from wbc.tracking.runs import configure_tracking
 
@@ -35,7 +36,7 @@ def accuracy(model, image_size: int, valid) -> float:
 def recalibrated(uri: str, data_dir: str, augment: str, images: int):
     model, image_size = load_model_from(uri)
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, BATCH_NORMS):
             module.reset_running_stats()
             module.momentum = None  # cumulative average over everything seen
     model.train()

@@ -282,7 +282,7 @@ def build(weights_path, model_settings, device):
             super().train(mode)
             if self.frozen_bn and mode:
                 for m in self.net.modules():
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)):
                         m.eval()
             return self
 
@@ -314,7 +314,7 @@ def adabn(model, images):
 
     adapted = copy.deepcopy(model)
     for m in adapted.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)):
             m.reset_running_stats()
             m.momentum = None
     torch.nn.Module.train(adapted, True)

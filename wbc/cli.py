@@ -16,7 +16,7 @@ import click
 
 from wbc import defaults
 from wbc._progress import quiet_downloads_in_logs
-from wbc.errors import WBCError, server_refusal
+from wbc.errors import WBCError, server_refusal, version_skew
 from wbc.inference.onnx import RUNTIMES
 from wbc.training.config import TrainConfig, default_of
 from wbc.training.recipes import FEW_SHOT_STEPS, LABEL_FREE_SOURCE_WEIGHT, MainSettings, main_config
@@ -44,7 +44,7 @@ def _user_errors(command):
             failure.exit_code = error.exit_code
             raise failure from None
         except Exception as error:
-            explained = server_refusal(error) if type(error).__module__.startswith("mlflow") else None
+            explained = (server_refusal(error) or version_skew(error)) if type(error).__module__.startswith("mlflow") else None
             if explained is None:
                 raise
             raise click.ClickException(explained) from None
@@ -547,6 +547,7 @@ def download(data_dir: str) -> None:
 
 @cli.command()
 @_option("--model-name", default=defaults.MODEL_NAME, show_default=True)
+@_user_errors
 def versions(model_name: str) -> None:
     """List the registered versions of the model, newest first: aliases (champion, a lab's), the kind of run that made
     each, how (selection metric, or the lab and version it was adapted from), run and date."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from wbc._io import store_not_created
-from wbc.errors import WBCError, server_refusal
+from wbc.errors import WBCError, server_refusal, version_skew
 from wbc.inference.calibration import Calibration
 from wbc.inference.onnx import INT8_FILE, ONNX_FILE, OnnxNetwork, OnnxUnavailable, file_digest
 
@@ -75,7 +75,7 @@ def resolved_model(model: str) -> Iterator[Path]:
         try:
             downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=scratch))
         except Exception as error:  # noqa: BLE001 - MLflow raises several types for a bad URI
-            explained = server_refusal(error) or f"cannot load this model URI ({str(error).splitlines()[0]})"
+            explained = server_refusal(error) or version_skew(error) or f"cannot load this model URI ({str(error).splitlines()[0]})"
             if model.startswith("models:/") and "not found" in explained:
                 explained += (f"{_aliases_now(model)}; register one (wbc main, wbc register; a lab's: wbc adapt FOLDER "
                               "--alias NAME), or give another model: a runs:/<id>/model URI or an exported model folder")

@@ -3,7 +3,7 @@
 
 from wbc.models import efficientnet_lite, scratch, torchvision_nets  # noqa: F401  (registers the builders)
 from wbc.models.spec import ModelSpec
-from wbc.models.classifier import MODES, UNFREEZE_CHOICES, Classifier, check_freeze_stages, count_parameters
+from wbc.models.classifier import BATCH_NORMS, MODES, UNFREEZE_CHOICES, Classifier, check_freeze_stages, count_parameters
 from wbc.models._registry import (
     PretrainedWeightsUnavailable,
     UnknownModelError,
@@ -13,6 +13,7 @@ from wbc.models._registry import (
 )
 
 __all__ = [
+    "BATCH_NORMS",
     "MODES",
     "UNFREEZE_CHOICES",
     "Classifier",

@@ -16,6 +16,9 @@ from wbc.models.spec import ModelSpec
 
 MODES = ("scratch", "transfer", "finetune")
 UNFREEZE_CHOICES = ("last", "all")
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+               nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+"""PyTorch's public batch-norm layers (their common base class is private)."""
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -80,7 +83,7 @@ class Classifier(nn.Module):
         self._frozen_norms = [
             module
             for name, module in self.net.named_modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not trains(name)
+            if isinstance(module, BATCH_NORMS) and not trains(name)
         ]
         self.train(self.training)
 

@@ -378,22 +378,26 @@ RESERVED_ALIASES = (DEFAULT_ALIAS, "previous", "challenger")
 """The aliases the registry's own selection moves: an adapted model never takes one."""
 
 
+MLFLOW_RESERVED_ALIAS = re.compile(r"latest|[vV]\d+", re.IGNORECASE)
+"""Aliases MLflow's registry refuses, as its documentation states: ``latest`` (any letter case) and version
+references such as ``v1``, which ``models:/name@v1`` would confuse with version 1."""
+MAX_ALIAS_LENGTH = 255
+"""MLflow's limit on an alias's length."""
+
+
 def check_lab_alias(alias: str) -> str:
     """``alias`` if a lab's adapted model may hold it; else :class:`RegistryError` saying why not: one of
-    :data:`RESERVED_ALIASES` in any letter case, one MLflow reserves (``latest``, ``v1``, ...; MLflow's own checks),
-    or characters other than letters, digits, ``-`` and ``_``."""
-    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
-
+    :data:`RESERVED_ALIASES` in any letter case, one MLflow reserves (:data:`MLFLOW_RESERVED_ALIAS`), longer than
+    :data:`MAX_ALIAS_LENGTH`, or characters other than letters, digits, ``-`` and ``_``. The registry checks again
+    when the alias is set (:func:`register_adapted`)."""
     if alias.lower() in RESERVED_ALIASES:
         raise RegistryError(f"alias={alias!r} is the registry's own ({', '.join(RESERVED_ALIASES)}, in any letter case): "
                             "name the lab, e.g. lab-a")
     if not alias or not alias.replace("-", "").replace("_", "").isalnum() or alias[0].isdigit():
         raise RegistryError(f"alias={alias!r} is invalid: letters, digits, - and _, not starting with a digit (e.g. lab-a)")
-    try:
-        _validate_model_alias_name(alias)
-        _validate_model_alias_name_reserved(alias)
-    except MlflowException as error:
-        raise RegistryError(f"alias={alias!r} is reserved or invalid in MLflow ({error.message}): name the lab, e.g. lab-a") from None
+    if MLFLOW_RESERVED_ALIAS.fullmatch(alias) or len(alias) > MAX_ALIAS_LENGTH:
+        raise RegistryError(f"alias={alias!r} is reserved or invalid in MLflow ('latest' and version names such as v1 "
+                            f"are reserved; at most {MAX_ALIAS_LENGTH} characters): name the lab, e.g. lab-a")
     return alias
 
 
@@ -412,6 +416,10 @@ def register_adapted(run_id: str, alias: str, source: str, model_name: str = DEF
             client.create_registered_model(model_name, description="White blood cell classifier (wbc), 8 classes.")
         version = mlflow.register_model(_latest_model_uri(client, run_id) or f"runs:/{run_id}/model", model_name,
                                         tags={"run_id": run_id, "adapted_for": alias, "adapted_from": source})
-        client.set_registered_model_alias(model_name, alias, version.version)
+        try:
+            client.set_registered_model_alias(model_name, alias, version.version)
+        except MlflowException as error:
+            raise RegistryError(f"alias={alias!r} was refused by the registry ({error.message}); version "
+                                f"{version.version} is registered without it: name the lab, e.g. lab-a") from None
     return str(version.version), None if previous is None else str(previous)
 

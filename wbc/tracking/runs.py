@@ -9,6 +9,8 @@ from pathlib import Path
 import mlflow
 
 from wbc import defaults
+from wbc._io import store_not_created
+from wbc.errors import WBCError, version_skew
 
 DEFAULT_EXPERIMENT = defaults.EXPERIMENT
 RUN_KIND_TAG = "wbc.kind"
@@ -49,12 +51,32 @@ def configure_tracking(experiment: str | None = DEFAULT_EXPERIMENT) -> str:
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    check_store_version(uri)
     if experiment is not None and not os.environ.get("MLFLOW_RUN_ID"):
         found = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
         # When another process creates the experiment at the same moment, MLflow 3.17's
         # set_experiment returns it without making it active; activating it by id is race-free.
         mlflow.set_experiment(experiment_id=found.experiment_id)
     return uri
+
+
+class StoreVersionError(WBCError):
+    """The tracking store or server belongs to another MLflow version than the client's."""
+
+
+def check_store_version(uri: str) -> None:
+    """Raise :class:`StoreVersionError`, naming both MLflow versions and the fix, when the store at ``uri`` (one that
+    exists) was made by a newer or an older MLflow than this client's (:func:`wbc.errors.version_skew`); any other
+    failure is left to the first real request. Only database stores are asked here: a remote server that is down
+    would make MLflow retry for minutes before the command's own first request could say so."""
+    if not uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")) or store_not_created(uri):
+        return
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except mlflow.exceptions.MlflowException as error:
+        explained = version_skew(error)
+        if explained:
+            raise StoreVersionError(explained) from None
 
 
 def project_run_experiment() -> str | None:

@@ -10,7 +10,7 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from wbc._progress import progress_bar
-from wbc.models import Classifier
+from wbc.models import BATCH_NORMS, Classifier
 from wbc.training.recipes import FEW_SHOT_AUGMENTATION, FEW_SHOT_STEPS
 
 MIN_BATCH_NORM_IMAGES = 16
@@ -18,8 +18,8 @@ MIN_BATCH_NORM_IMAGES = 16
 cells the champion lost 7-14 points on the lab's cells, on 16 or more it held (``benchmarks/adabn_image_count.py``)."""
 
 
-def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
-    return [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [module for module in model.modules() if isinstance(module, BATCH_NORMS)]
 
 
 def check_source_weight(source_weight: float) -> None:
