@@ -31,7 +31,7 @@ from wbc.training.recipes import MainSettings, main_config
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "wbc"
 FIXTURES = Path(__file__).with_name("fixtures") / "before-layout"
-LAYERS = ["base", "data", "models", "inference", "serving", "training", "evaluation", "tracking", "jobs", "app", "cli"]
+LAYERS = ["base", "data", "finding", "models", "inference", "serving", "training", "evaluation", "tracking", "jobs", "app", "cli"]
 """Lowest first: a module may import its own layer and those before it. ``serving`` imports only ``inference``
 and below, so it sits right above it, and every job can log the servable model."""
 
@@ -77,7 +77,7 @@ def test_every_module_belongs_to_a_layer_and_imports_only_its_own_or_lower_ones(
 def test_the_stored_model_path_imports_no_lightning_and_no_training_code():
     lightning = {"pytorch_lightning", "lightning", "lightning_fabric"}
     for module, path in _modules().items():
-        if _layer(module) in ("data", "models", "inference", "serving") and module != "wbc.data.datamodule":
+        if _layer(module) in ("data", "finding", "models", "inference", "serving") and module != "wbc.data.datamodule":
             heavy = {name for name in _imports(path) if name.split(".")[0] in lightning}
             assert not heavy, f"{module} imports {heavy}"
 

@@ -1,0 +1,113 @@
+"""How well and how fast wbc.finding finds white cells, on images it was not tuned on as much as on BCCD.
+
+    python benchmarks/field_finder.py [--data ../shared/data] [--pbc-step 1] [--out finder.json]
+
+- BCCD fields (``fields/bccd``, Pascal VOC): recall and precision of the white cells at IoU 0.5 (greedy one-to-one
+  matching, best IoU first), the mean IoU of the matches, and milliseconds per field;
+- PBC valid (every ``--pbc-step``-th image): the share of images whose found white cells include one whose box
+  holds the image centre (each PBC image shows one cell there), and the other white finds;
+- the Raabin cells (``other-lab``): the same centre rate;
+- speed of the finder alone on 640x480, 1440x900 and 4000x3000 fields (BCCD fields resized).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wbc.finding import find_cells
+
+WHITE_NAMES = {"wbc", "neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil"}
+
+
+def iou(a, b) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def voc_white_boxes(annotation: Path) -> list[list[float]]:
+    boxes = []
+    for item in ET.parse(annotation).findall("object"):
+        if item.findtext("name", "").strip().lower() in WHITE_NAMES:
+            box = item.find("bndbox")
+            boxes.append([float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax")])
+    return boxes
+
+
+def bccd(root: Path) -> dict:
+    matched = missed = extra = 0
+    ious, seconds = [], []
+    for image_path in sorted((root / "JPEGImages").glob("*.jpg")):
+        truth = voc_white_boxes(root / "Annotations" / f"{image_path.stem}.xml")
+        field = np.asarray(Image.open(image_path).convert("RGB"))
+        start = time.perf_counter()
+        found = [cell.box for cell in find_cells(field) if cell.kind == "white"]
+        seconds.append(time.perf_counter() - start)
+        pairs = sorted(((iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
+        used_truth, used_found = set(), set()
+        for overlap, i, j in pairs:
+            if overlap >= 0.5 and i not in used_truth and j not in used_found:
+                used_truth.add(i), used_found.add(j), ious.append(overlap)
+        matched += len(used_truth)
+        missed += len(truth) - len(used_truth)
+        extra += len(found) - len(used_found)
+    return {"fields": len(seconds), "white_cells": matched + missed, "recall": matched / (matched + missed),
+            "precision": matched / max(1, matched + extra), "false_finds": extra, "mean_iou": float(np.mean(ious)),
+            "ms_per_field": 1000 * float(np.median(seconds))}
+
+
+def centre_rate(paths: list[Path]) -> dict:
+    hits = others = 0
+    for path in paths:
+        field = np.asarray(Image.open(path).convert("RGB"))
+        height, width = field.shape[:2]
+        whites = [cell.box for cell in find_cells(field) if cell.kind == "white"]
+        centred = [b for b in whites if b[0] <= width / 2 <= b[2] and b[1] <= height / 2 <= b[3]]
+        hits += bool(centred)
+        others += len(whites) - bool(centred)
+    return {"images": len(paths), "centre_found": hits / len(paths), "other_white_finds": others}
+
+
+def speed(root: Path) -> dict:
+    field = Image.open(sorted((root / "JPEGImages").glob("*.jpg"))[0]).convert("RGB")
+    result = {}
+    for width, height in ((640, 480), (1440, 900), (4000, 3000)):
+        pixels = np.asarray(field.resize((width, height), Image.BILINEAR))
+        find_cells(pixels)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            find_cells(pixels)
+            times.append(time.perf_counter() - start)
+        result[f"{width}x{height}_ms"] = 1000 * float(np.median(times))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--pbc-step", type=int, default=1, help="every n-th PBC valid image")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    results = {
+        "bccd": bccd(args.data / "fields" / "bccd"),
+        "pbc_valid": centre_rate(sorted((args.data / "barcelona" / "valid").glob("*/*.jpg"))[::args.pbc_step]),
+        "raabin": centre_rate(sorted((args.data / "other-lab").glob("*/*.jpg"))),
+        "speed": speed(args.data / "fields" / "bccd"),
+    }
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
