@@ -5,18 +5,11 @@ import re
 import tomllib
 from pathlib import Path
 
+from lockfile import locked, normal
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-pins = {}
-for line in (REPO / "requirements.lock").read_text().splitlines():
-    match = re.match(r"([A-Za-z0-9_.\-]+)==([^\s;]+)\s*(;.*)?$", line)
-    if match and (not match.group(3) or re.search(r"<\s*'3\.1[2-9]'", match.group(3))):
-        pins[normal(match.group(1))] = match.group(2)
+pins = {name: version for name, versions in locked(python_3_11_only=True).items() for version in sorted(versions)}
 names = [re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0)
          for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
 missing = [name for name in names if normal(name) not in pins]

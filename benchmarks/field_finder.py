@@ -19,18 +19,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from wbc.finding import find_cells
 
 WHITE_NAMES = {"wbc", "neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil"}
-
-
-def iou(a, b) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def voc_white_boxes(annotation: Path) -> list[list[float]]:
@@ -51,7 +46,8 @@ def bccd(root: Path) -> dict:
         start = time.perf_counter()
         found = [cell.box for cell in find_cells(field) if cell.kind == "white"]
         seconds.append(time.perf_counter() - start)
-        pairs = sorted(((iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
+        overlaps = box_iou(torch.tensor(truth).reshape(-1, 4), torch.tensor(found).reshape(-1, 4))
+        pairs = sorted(((float(overlaps[i, j]), i, j) for i in range(len(truth)) for j in range(len(found))), reverse=True)
         used_truth, used_found = set(), set()
         for overlap, i, j in pairs:
             if overlap >= 0.5 and i not in used_truth and j not in used_found:

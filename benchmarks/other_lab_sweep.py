@@ -97,6 +97,13 @@ def load_packed(packed: Path, device):
 
 
 # colour spaces, batched on float images in [0, 1] of shape (N, 3, H, W)
+def _batch_norms() -> tuple:
+    """PyTorch's public batch-norm layers (their common base class is private)."""
+    import torch
+
+    return torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm
+
+
 _RGB_FROM_HED = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]  # Ruifrok & Johnston 2001, as skimage
 
 
@@ -282,7 +289,7 @@ def build(weights_path, model_settings, device):
             super().train(mode)
             if self.frozen_bn and mode:
                 for m in self.net.modules():
-                    if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)):
+                    if isinstance(m, _batch_norms()):
                         m.eval()
             return self
 
@@ -314,7 +321,7 @@ def adabn(model, images):
 
     adapted = copy.deepcopy(model)
     for m in adapted.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)):
+        if isinstance(m, _batch_norms()):
             m.reset_running_stats()
             m.momentum = None
     torch.nn.Module.train(adapted, True)

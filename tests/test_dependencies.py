@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import re
+import importlib.util
 import sys
 import tomllib
 from pathlib import Path
@@ -79,18 +79,16 @@ def _pyproject_requirements() -> dict[str, Requirement]:
     return requirements
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _load_lockfile():
+    """.ci/lockfile.py, the one parser of requirements.lock (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location("lockfile", REPO / ".ci" / "lockfile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _lock() -> dict[str, set[str]]:
-    """Package -> the versions ``requirements.lock`` pins (one per Python-version fork)."""
-    pins: dict[str, set[str]] = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
-        match = re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^\s;]+)", line)
-        if match:
-            pins.setdefault(_normal(match.group(1)), set()).add(match.group(3))
-    return pins
+_lockfile = _load_lockfile()
+_normal, _lock = _lockfile.normal, _lockfile.locked
 
 
 def test_every_direct_dependency_has_a_lower_and_an_upper_bound():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw, ImageFilter
+from torchvision.ops import box_iou
 
 from wbc.finding import find_cells
 
@@ -36,10 +38,7 @@ def draw_field(size=(640, 480), red_radius=30, whites=((320, 240),), platelets=(
 
 
 def iou(a, b) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return float(box_iou(torch.tensor([a]), torch.tensor([b]))[0, 0])
 
 
 @pytest.mark.parametrize("size, red_radius", [((640, 480), 30), ((360, 363), 18), pytest.param(

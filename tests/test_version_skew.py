@@ -51,14 +51,14 @@ def _older_revision() -> str:
     return down[newest]
 
 
-def _versions(tmp_path: Path, uri: str, monkeypatch) -> object:
+def _versions(uri: str, monkeypatch) -> object:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return CliRunner().invoke(cli, ["versions"])
 
 
 def test_a_store_made_by_a_newer_mlflow_names_both_and_refuses_without_a_traceback(tmp_path, monkeypatch):
     uri = _store_at_schema(tmp_path / "newer.db", "ffffffffffff")
-    result = _versions(tmp_path, uri, monkeypatch)
+    result = _versions(uri, monkeypatch)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     (line,) = [line for line in result.output.splitlines() if line.strip()]
@@ -71,7 +71,7 @@ def test_a_store_made_by_a_newer_mlflow_names_both_and_refuses_without_a_traceba
 def test_a_store_of_an_older_mlflow_says_how_to_upgrade_it(tmp_path, monkeypatch):
     older = _older_revision()
     uri = _store_at_schema(tmp_path / "older.db", older)
-    result = _versions(tmp_path, uri, monkeypatch)
+    result = _versions(uri, monkeypatch)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert f"older MLflow (schema {older})" in result.output and f"mlflow db upgrade {uri}" in result.output
@@ -80,7 +80,7 @@ def test_a_store_of_an_older_mlflow_says_how_to_upgrade_it(tmp_path, monkeypatch
 def test_a_store_this_mlflow_made_is_not_a_skew(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'same.db'}"
     _make_store(uri)
-    result = _versions(tmp_path, uri, monkeypatch)
+    result = _versions(uri, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "no registered versions" in result.output
 

@@ -63,8 +63,10 @@ def _rescaled(field: np.ndarray, factor: float) -> np.ndarray:
     from skimage.transform import rescale
 
     block = int(1 / factor) if factor < 1 else 1
-    image = field[: field.shape[0] // block * block, : field.shape[1] // block * block] if block > 1 else field
-    image = block_reduce(image, (block, block, 1), np.mean).astype(np.float32) / 255.0 if block > 1 else image.astype(np.float32) / 255.0
+    if block > 1:
+        rows, columns = field.shape[0] // block * block, field.shape[1] // block * block
+        field = block_reduce(field[:rows, :columns], (block, block, 1), np.mean)
+    image = field.astype(np.float32) / 255.0
     factor *= block
     if abs(factor - 1.0) < 1e-3:
         return image
@@ -124,8 +126,7 @@ def find_cells(field: np.ndarray, *, max_cells: int = MAX_CELLS) -> list[FoundCe
     if float(saturation.std()) < 0.01:
         return []
     foreground = _foreground(saturation)
-    low, threshold = threshold_multiotsu(saturation, classes=3)
-    # a field without a nucleus still has a top class: require half again the red cells' typical saturation
+    threshold = threshold_multiotsu(saturation, classes=3)[1]
     nuclei = opening(saturation > threshold, disk(1))
     reach = max(1, round(WORK_RADIUS * 0.4))
     groups = label(closing(nuclei, disk(reach)) & ndi.binary_dilation(nuclei, disk(reach)))
@@ -138,12 +139,11 @@ def find_cells(field: np.ndarray, *, max_cells: int = MAX_CELLS) -> list[FoundCe
         kind = "white" if area >= MIN_NUCLEUS * red_cell_area else "platelet" if area >= MIN_PLATELET * red_cell_area else None
         if kind:
             score = float(np.clip((saturation[region.slice][member].mean() - threshold) / headroom, 0, 1))
-            kept.append((kind != "white", -score, region, kind, score))
-    kept.sort(key=lambda entry: entry[:2])
-    kept = kept[:max_cells]
+            kept.append((region, kind, score))
+    kept = sorted(kept, key=lambda entry: (entry[1] != "white", -entry[2]))[:max_cells]
 
     markers = np.zeros(saturation.shape, np.int32)
-    for index, (_, _, region, kind, _) in enumerate(kept, start=1):
+    for index, (region, kind, _) in enumerate(kept, start=1):
         if kind == "white":
             markers[region.slice][groups[region.slice] == region.label] = index
     distance = ndi.distance_transform_edt(foreground)
@@ -156,7 +156,7 @@ def find_cells(field: np.ndarray, *, max_cells: int = MAX_CELLS) -> list[FoundCe
 
     found = []
     rows, columns = saturation.shape
-    for index, (_, _, region, kind, score) in enumerate(kept, start=1):
+    for index, (region, kind, score) in enumerate(kept, start=1):
         y0, x0, y1, x1 = region.bbox
         if kind == "white":
             ys, xs = np.nonzero(basins == index)
