@@ -10,6 +10,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import contextlib
+import importlib.util
 import signal
 import socket
 import subprocess
@@ -60,6 +61,14 @@ def make_dataset(root: Path, per_class: dict[str, int] | None = None, splits=("t
                 seed = ("train", "valid", "test").index(split) * 100_000 + class_index * 1_000 + index
                 cell_image(name, seed).save(folder / f"{name[:2]}_{index}.jpg", quality=92)
     return root
+
+
+def script_module(path: Path):
+    """The module of a script outside any package (``docs/generate_tables.py``, ``.ci/lockfile.py``), loaded by path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import importlib.util
 import sys
 import tomllib
 from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
+
+from conftest import script_module
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = {"wbc", "tests", "benchmarks", "entrypoints", "conftest", "generate_tables"}
@@ -79,15 +80,7 @@ def _pyproject_requirements() -> dict[str, Requirement]:
     return requirements
 
 
-def _load_lockfile():
-    """.ci/lockfile.py, the one parser of requirements.lock (a script folder, not a package)."""
-    spec = importlib.util.spec_from_file_location("lockfile", REPO / ".ci" / "lockfile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_lockfile = _load_lockfile()
+_lockfile = script_module(REPO / ".ci" / "lockfile.py")  # the one parser of requirements.lock
 _normal, _lock = _lockfile.normal, _lockfile.locked
 
 

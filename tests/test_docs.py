@@ -3,7 +3,6 @@ link, command, option and entry point that README.md and docs/*.md name exists. 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import click
 import pytest
 import yaml
 
+from conftest import script_module
 from wbc.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,14 +18,7 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 IDS = [str(path.relative_to(REPO)) for path in DOCUMENTS]
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate_tables", REPO / "docs" / "generate_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATOR = _generator()
+GENERATOR = script_module(REPO / "docs" / "generate_tables.py")
 
 
 def _text(path: Path) -> str:
