@@ -4,8 +4,9 @@
 
 - BCCD fields (``fields/bccd``, Pascal VOC): recall and precision of the white cells at IoU 0.5 (greedy one-to-one
   matching, best IoU first), the mean IoU of the matches, and milliseconds per field;
-- PBC valid (every ``--pbc-step``-th image): the share of images whose found white cells include one whose box
-  holds the image centre (each PBC image shows one cell there), and the other white finds;
+- PBC valid (every ``--pbc-step``-th image): the share of images with a find whose box holds the image centre (each
+  PBC image shows one cell there: a white find, or for a platelet image a find of either kind), and the other white
+  finds;
 - the Raabin cells (``other-lab``): the same centre rate;
 - speed of the finder alone on 640x480, 1440x900 and 4000x3000 fields (BCCD fields resized).
 """
@@ -61,15 +62,22 @@ def bccd(root: Path) -> dict:
 
 
 def centre_rate(paths: list[Path]) -> dict:
-    hits = others = 0
+    """A PBC platelet image shows a clump of platelets at its centre: a find of either kind holding the centre counts,
+    and how many of those were called platelets is reported apart."""
+    hits = others = platelet_images = platelets_called = 0
     for path in paths:
         field = np.asarray(Image.open(path).convert("RGB"))
         height, width = field.shape[:2]
-        whites = [cell.box for cell in find_cells(field) if cell.kind == "white"]
-        centred = [b for b in whites if b[0] <= width / 2 <= b[2] and b[1] <= height / 2 <= b[3]]
+        found = find_cells(field)
+        clump = path.parent.name == "platelet"
+        centred = [cell for cell in found if (clump or cell.kind == "white")
+                   and cell.box[0] <= width / 2 <= cell.box[2] and cell.box[1] <= height / 2 <= cell.box[3]]
         hits += bool(centred)
-        others += len(whites) - bool(centred)
-    return {"images": len(paths), "centre_found": hits / len(paths), "other_white_finds": others}
+        others += sum(cell.kind == "white" for cell in found) - (bool(centred) and not clump)
+        platelet_images += clump
+        platelets_called += clump and any(cell.kind == "platelet" for cell in centred)
+    return {"images": len(paths), "centre_found": hits / len(paths), "other_white_finds": others,
+            "platelet_images": platelet_images, "platelet_images_called_platelet": platelets_called}
 
 
 def speed(root: Path) -> dict:
