@@ -395,14 +395,26 @@ def evaluate(model: str, model_option: str | None, data_dir: str, split: str, im
 @_option("--batch-size", default=defaults.SCORING_BATCH, show_default=True, type=click.IntRange(1, 4096))
 @_tta_option
 @_runtime_option
+@click.option("--fields", is_flag=True, help="Each image is a smear field: find its white cells, classify each, count them "
+              "per 100 white cells (without it each image is one cell, as an analyser exports it).")
+@click.option("--annotated", type=click.Path(file_okay=False), default=None,
+              help="With --fields: folder for an annotated PNG per field [default: <output>_annotated/ beside the CSV].")
+@click.option("--max-cells", default=None, type=click.IntRange(1), help="With --fields: cells kept per field, the highest "
+              "scoring, with a warning when more are found [default: wbc.finding.MAX_CELLS].")
 @_user_errors
-def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool, runtime: str) -> None:
+def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool, runtime: str, fields: bool,
+            annotated: str | None, max_cells: int | None) -> None:
     """Classify image files (or every file in folders); write a CSV and print the differential count."""
     from wbc.serving.predict import predict_files
     from wbc.serving.tables import differential_count, out_of_distribution
     from wbc.tracking.runs import configure_tracking
 
+    if not fields and (annotated or max_cells):
+        raise click.UsageError("--annotated and --max-cells go with --fields")
     configure_tracking(experiment=None)
+    if fields:
+        _predict_fields(paths, model, output, batch_size, tta, runtime, annotated, max_cells)
+        return
     table = predict_files(paths, model, batch_size=batch_size, tta=tta, runtime=runtime)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
@@ -418,6 +430,34 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
     flags = (f"{len(unlike)} out of distribution, {review} to review" if scored["in_distribution"].notna().all()
              else "flags unknown: no thresholds for this model" + (" with --tta" if tta else "") + "; every cell counted")
     click.echo(f"wrote {len(table)} rows ({len(errors)} unreadable, {flags}) to {output}")
+    click.echo(f"model: {_model_line(model)}")
+
+
+def _predict_fields(paths, model, output, batch_size, tta, runtime, annotated, max_cells) -> None:
+    from wbc.finding import MAX_CELLS
+    from wbc.serving.fields import differential, predict_field_files
+
+    output = Path(output)
+    annotated_dir = Path(annotated) if annotated else output.with_name(f"{output.stem}_annotated")
+    table = predict_field_files(paths, model, batch_size=batch_size, tta=tta, runtime=runtime, annotated_dir=annotated_dir,
+                                max_cells=max_cells or MAX_CELLS, say=lambda line: click.echo(line, err=True))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
+    counts = differential(table)
+    counts_path = output.with_name(f"{output.stem}_differential.csv")
+    counts.to_csv(counts_path, index=False)
+    errors = table[table["error"] != ""]
+    for _, row in errors.iterrows():
+        click.echo(f"error: {row['error']}", err=True)
+    whites = table[table["kind"] == "white"]
+    review = int((whites["review"] == True).sum())  # noqa: E712
+    unlike = int((whites["in_distribution"] == False).sum())  # noqa: E712
+    click.echo("per 100 white cells:")
+    click.echo(counts[counts["file"] == "all"].drop(columns="file").to_string(index=False))
+    fields_read = table.loc[table["error"] == "", "file"].nunique() if len(table) else 0
+    click.echo(f"wrote {len(whites)} white cells and {int((table['kind'] == 'platelet').sum())} platelets from "
+               f"{fields_read} fields ({len(errors)} unreadable; {unlike} out of distribution, {review} to review) to "
+               f"{output}, the differential per file to {counts_path}, annotated fields to {annotated_dir}/")
     click.echo(f"model: {_model_line(model)}")
 
 

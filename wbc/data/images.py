@@ -20,6 +20,9 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024
 """Largest encoded image accepted (a cell crop is ~30 KB)."""
 MAX_IMAGE_PIXELS = 25_000_000
 """Largest decoded image accepted (5000 x 5000); guards against decompression bombs."""
+FIELD_MAX_PIXELS = 50_000_000
+"""Largest smear field accepted (a 48-megapixel phone photo, 8000 x 6000): a field is read whole, a cell image is
+cut to its centre; both stay below Pillow's own decompression-bomb warning (89 megapixels)."""
 
 ImageSource = str | os.PathLike | bytes
 
@@ -97,12 +100,13 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image_array(source: ImageSource, size: int | None, *, name: str | None = None) -> np.ndarray:
+def decode_image_array(source: ImageSource, size: int | None, *, name: str | None = None,
+                       max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode ``source`` (a path or encoded bytes) to a ``(size, size, 3)`` uint8 RGB array.
 
     The largest centred square is cropped and resized to ``size`` (the cell is centred in
     its crop). JPEGs are decoded at a reduced scale when that is enough for ``size``.
-    ``size=None`` keeps the full image, uncropped.
+    ``size=None`` keeps the full image, uncropped. An image of more than ``max_pixels`` is refused.
     Raises :class:`ImageDecodeError` naming the input for anything that is not a readable image.
     """
     label = _describe(source, name)
@@ -110,9 +114,9 @@ def decode_image_array(source: ImageSource, size: int | None, *, name: str | Non
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
+            if width * height > max_pixels:
                 raise ImageDecodeError(
-                    f"{label}: image is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS}-pixel limit"
+                    f"{label}: image is {width}x{height} pixels, over the {max_pixels}-pixel limit"
                 )
             pages = _page_count(image)
             if pages > 1:

@@ -2,6 +2,6 @@
 boxes in the field's own pixels, platelets as a kind of their own. NumPy, SciPy and scikit-image only: no PyTorch,
 so the served model can find cells too."""
 
-from wbc.finding.finder import FoundCell, find_cells
+from wbc.finding.finder import MAX_CELLS, FoundCell, find_cells
 
-__all__ = ["FoundCell", "find_cells"]
+__all__ = ["MAX_CELLS", "FoundCell", "find_cells"]

@@ -14,6 +14,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "exported": ["EXPORT_CONFIG", "EXPORT_WEIGHTS", "ModelLoadError", "load_calibration", "load_export_config", "resolved_model"],
         "calibration": ["Calibration", "in_distribution_score", "softmax"],
         "onnx": ["RUNTIMES", "OnnxNetwork", "OnnxUnavailable"],
+        "fields": ["CELL_SHARE", "ClassifiedField", "FieldCell", "classify_field", "frame_cell"],
         "predictor": ["Prediction", "Predictor", "Scores", "dihedral_views"],
     },
 )

@@ -237,23 +237,28 @@ class Predictor:
         decoded, predictions = [], []
         for source, name in zip(sources, names):
             try:
-                decoded.append(decode_image_array(source, self.image_size, name=name).transpose(2, 0, 1))
-                predictions.append(Prediction(name, None))
+                decoded.append(decode_image_array(source, self.image_size, name=name))
+                predictions.append(None)
             except ImageDecodeError as error:
                 predictions.append(Prediction(name, None, str(error)))
-        good = [p for p in predictions if p.error is None]
-        if good:
-            images = np.stack(decoded)
-            scores = self.score_pixels(images)
-            in_distribution, review = self.flags(scores, images)
-            for index, (prediction, pixels) in enumerate(zip(good, decoded)):
-                prediction.probabilities = scores.probabilities[index]
-                if keep_pixels:
-                    prediction.pixels = pixels
-                prediction.in_distribution_score = float(scores.in_distribution_score[index])
-                prediction.in_distribution = in_distribution[index]
-                prediction.review = review[index]
-        return predictions
+        scored = iter(self.predict_arrays(np.stack(decoded) if decoded else np.zeros((0, 1, 1, 3), np.uint8),
+                                          [name for name, prediction in zip(names, predictions) if prediction is None],
+                                          keep_pixels))
+        return [prediction or next(scored) for prediction in predictions]
+
+    def predict_arrays(self, images: np.ndarray, names: Sequence[str], keep_pixels: bool = False) -> list[Prediction]:
+        """Score decoded images, uint8 (N, S, S, 3) with S = :attr:`image_size` (as
+        :func:`~wbc.data.images.decode_image_array` or :func:`~wbc.inference.fields.frame_cell` give them), one
+        :class:`Prediction` each with its flags."""
+        if not len(images):
+            return []
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        scores = self.score_pixels(images)
+        in_distribution, review = self.flags(scores, images)
+        return [Prediction(name, scores.probabilities[index], pixels=images[index] if keep_pixels else None,
+                           in_distribution_score=float(scores.in_distribution_score[index]),
+                           in_distribution=in_distribution[index], review=review[index])
+                for index, name in enumerate(names)]
 
     def predict_received(self, items: Sequence[tuple[str, bytes | str]], keep_pixels: bool = False) -> list[Prediction]:
         """For uploads already read: ``(name, file bytes)`` are decoded and scored, ``(name, message)`` come
