@@ -1,6 +1,7 @@
 """How well and how fast wbc.finding finds white cells, on images it was not tuned on as much as on BCCD.
 
     python benchmarks/field_finder.py [--data ../shared/data] [--pbc-step 1] [--out finder.json]
+    python benchmarks/field_finder.py --share     # the PBC cell share that fields' cells are framed at
 
 - BCCD fields (``fields/bccd``, Pascal VOC): recall and precision of the white cells at IoU 0.5 (greedy one-to-one
   matching, best IoU first), the mean IoU of the matches, and milliseconds per field;
@@ -80,6 +81,22 @@ def centre_rate(paths: list[Path]) -> dict:
             "platelet_images": platelet_images, "platelet_images_called_platelet": platelets_called}
 
 
+def cell_share(paths: list[Path]) -> dict:
+    """The share of each PBC image's shorter side that the box of its centre white cell spans (whole boxes only):
+    what wbc.inference.fields.CELL_SHARE frames a field's cells at."""
+    shares = []
+    for path in paths:
+        field = np.asarray(Image.open(path).convert("RGB"))
+        height, width = field.shape[:2]
+        centred = [cell.box for cell in find_cells(field) if cell.kind == "white" and not cell.partial
+                   and cell.box[0] <= width / 2 <= cell.box[2] and cell.box[1] <= height / 2 <= cell.box[3]]
+        if centred:
+            x0, y0, x1, y1 = centred[0]
+            shares.append(max(x1 - x0, y1 - y0) / min(height, width))
+    return {"images": len(paths), "measured": len(shares), "median": float(np.median(shares)),
+            "p10": float(np.percentile(shares, 10)), "p90": float(np.percentile(shares, 90))}
+
+
 def speed(root: Path) -> dict:
     field = Image.open(sorted((root / "JPEGImages").glob("*.jpg"))[0]).convert("RGB")
     result = {}
@@ -100,7 +117,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--pbc-step", type=int, default=1, help="every n-th PBC valid image")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--share", action="store_true", help="only measure the PBC cell share, on every 16th train image")
     args = parser.parse_args()
+    if args.share:
+        print(json.dumps(cell_share(sorted((args.data / "barcelona" / "train").glob("*/*.jpg"))[::16]), indent=2))
+        return
     results = {
         "bccd": bccd(args.data / "fields" / "bccd"),
         "pbc_valid": centre_rate(sorted((args.data / "barcelona" / "valid").glob("*/*.jpg"))[::args.pbc_step]),
