@@ -399,7 +399,7 @@ def evaluate(model: str, model_option: str | None, data_dir: str, split: str, im
               "per 100 white cells (without it each image is one cell, as an analyser exports it).")
 @click.option("--annotated", type=click.Path(file_okay=False), default=None,
               help="With --fields: folder for an annotated PNG per field [default: <output>_annotated/ beside the CSV].")
-@click.option("--max-cells", default=None, type=click.IntRange(1), help="With --fields: cells kept per field, the highest "
+@_option("--max-cells", default=None, type=click.IntRange(1), help="With --fields: cells kept per field, the highest "
               "scoring, with a warning when more are found [default: wbc.finding.MAX_CELLS].")
 @_user_errors
 def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tta: bool, runtime: str, fields: bool,
