@@ -62,17 +62,20 @@ def bccd(root: Path) -> dict:
             "ms_per_field": 1000 * float(np.median(seconds))}
 
 
+def holds_centre(box, field: np.ndarray) -> bool:
+    height, width = field.shape[:2]
+    return box[0] <= width / 2 <= box[2] and box[1] <= height / 2 <= box[3]
+
+
 def centre_rate(paths: list[Path]) -> dict:
     """A PBC platelet image shows a clump of platelets at its centre: a find of either kind holding the centre counts,
     and how many of those were called platelets is reported apart."""
     hits = others = platelet_images = platelets_called = 0
     for path in paths:
         field = np.asarray(Image.open(path).convert("RGB"))
-        height, width = field.shape[:2]
         found = find_cells(field)
         clump = path.parent.name == "platelet"
-        centred = [cell for cell in found if (clump or cell.kind == "white")
-                   and cell.box[0] <= width / 2 <= cell.box[2] and cell.box[1] <= height / 2 <= cell.box[3]]
+        centred = [cell for cell in found if (clump or cell.kind == "white") and holds_centre(cell.box, field)]
         hits += bool(centred)
         others += sum(cell.kind == "white" for cell in found) - (bool(centred) and not clump)
         platelet_images += clump
@@ -87,12 +90,11 @@ def cell_share(paths: list[Path]) -> dict:
     shares = []
     for path in paths:
         field = np.asarray(Image.open(path).convert("RGB"))
-        height, width = field.shape[:2]
-        centred = [cell.box for cell in find_cells(field) if cell.kind == "white" and not cell.partial
-                   and cell.box[0] <= width / 2 <= cell.box[2] and cell.box[1] <= height / 2 <= cell.box[3]]
+        centred = [cell.box for cell in find_cells(field)
+                   if cell.kind == "white" and not cell.partial and holds_centre(cell.box, field)]
         if centred:
             x0, y0, x1, y1 = centred[0]
-            shares.append(max(x1 - x0, y1 - y0) / min(height, width))
+            shares.append(max(x1 - x0, y1 - y0) / min(field.shape[:2]))
     return {"images": len(paths), "measured": len(shares), "median": float(np.median(shares)),
             "p10": float(np.percentile(shares, 10)), "p90": float(np.percentile(shares, 90))}
 

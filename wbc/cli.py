@@ -436,6 +436,7 @@ def predict(paths: tuple[str, ...], model: str, output: str, batch_size: int, tt
 def _predict_fields(paths, model, output, batch_size, tta, runtime, annotated, max_cells) -> None:
     from wbc.finding import MAX_CELLS
     from wbc.serving.fields import differential, predict_field_files
+    from wbc.serving.tables import out_of_distribution
 
     output = Path(output)
     annotated_dir = Path(annotated) if annotated else output.with_name(f"{output.stem}_annotated")
@@ -451,10 +452,10 @@ def _predict_fields(paths, model, output, batch_size, tta, runtime, annotated, m
         click.echo(f"error: {row['error']}", err=True)
     whites = table[table["kind"] == "white"]
     review = int((whites["review"] == True).sum())  # noqa: E712
-    unlike = int((whites["in_distribution"] == False).sum())  # noqa: E712
+    unlike = len(out_of_distribution(whites))
     click.echo("per 100 white cells:")
     click.echo(counts[counts["file"] == "all"].drop(columns="file").to_string(index=False))
-    fields_read = table.loc[table["error"] == "", "file"].nunique() if len(table) else 0
+    fields_read = table.loc[table["error"] == "", "file"].nunique()
     click.echo(f"wrote {len(whites)} white cells and {int((table['kind'] == 'platelet').sum())} platelets from "
                f"{fields_read} fields ({len(errors)} unreadable; {unlike} out of distribution, {review} to review) to "
                f"{output}, the differential per file to {counts_path}, annotated fields to {annotated_dir}/")

@@ -67,7 +67,7 @@ def classify_field(predictor: Predictor, field: np.ndarray, name: str, *, max_ce
     capped = len(found) > max_cells
     found = found[:max_cells]
     whites = [index for index, cell in enumerate(found) if cell.kind == "white"]
-    crops = np.stack([frame_cell(field, found[index].box, predictor.image_size) for index in whites]) if whites \
-        else np.zeros((0, predictor.image_size, predictor.image_size, 3), np.uint8)
-    predictions = dict(zip(whites, predictor.predict_arrays(crops, [f"{name}#{index + 1}" for index in whites], keep_pixels)))
+    crops = [frame_cell(field, found[index].box, predictor.image_size) for index in whites]
+    scored = predictor.predict_arrays(np.stack(crops), [f"{name}#{index + 1}" for index in whites], keep_pixels) if crops else []
+    predictions = dict(zip(whites, scored))
     return ClassifiedField([FieldCell(cell, predictions.get(index)) for index, cell in enumerate(found)], capped)

@@ -241,9 +241,8 @@ class Predictor:
                 predictions.append(None)
             except ImageDecodeError as error:
                 predictions.append(Prediction(name, None, str(error)))
-        scored = iter(self.predict_arrays(np.stack(decoded) if decoded else np.zeros((0, 1, 1, 3), np.uint8),
-                                          [name for name, prediction in zip(names, predictions) if prediction is None],
-                                          keep_pixels))
+        good = [name for name, prediction in zip(names, predictions) if prediction is None]
+        scored = iter(self.predict_arrays(np.stack(decoded), good, keep_pixels) if decoded else [])
         return [prediction or next(scored) for prediction in predictions]
 
     def predict_arrays(self, images: np.ndarray, names: Sequence[str], keep_pixels: bool = False) -> list[Prediction]:
